@@ -1,0 +1,18 @@
+"""Data-path backends, installed as ``pyflannel.backends``.
+
+The folder stands at the top of the repository but must only ever be imported as
+``pyflannel.backends`` (through the committed symlink ``pyflannel/backends``): a
+top-level ``backends`` package would load the same files twice under two names.
+
+``BACKENDS`` maps a network-config ``Backend.Type`` (lower-cased, as flanneld looks
+it up) to the ``module:Class`` that implements it. Modules are imported lazily so
+a udp-only process never loads pyroute2's vxlan code and an unknown type is a
+plain lookup failure that the daemon turns into a configuration error.
+"""
+
+if not __name__.startswith("pyflannel."):
+    raise ImportError("import the backends as pyflannel.backends, not as a top-level package")
+
+BACKENDS: dict[str, str] = {
+    "alloc": "pyflannel.backends.alloc:AllocBackend",
+}

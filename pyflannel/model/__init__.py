@@ -1,0 +1,1 @@
+"""Pure value types: subnets and their etcd keys, leases, the network config."""

@@ -1,0 +1,44 @@
+"""JSON as Go's ``encoding/json`` writes and reads it.
+
+flanneld marshals lease values with ``json.Marshal``: no spaces, struct field order,
+``<``, ``>`` and ``&`` escaped as ``\\u003c`` etc., U+2028/U+2029 escaped, other
+non-ASCII left as UTF-8. Decoding matches object keys to struct fields without regard
+to case, the last duplicate winning. Both matter for byte-exact interop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def dumps(value: Any) -> str:
+    """Serialise ``value`` compactly, escaping exactly as Go's json.Marshal does."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if any(ch in text for ch in _GO_ESCAPES):
+        text = "".join(_GO_ESCAPES.get(ch, ch) for ch in text)
+    return text
+
+
+def fold_keys(obj: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """Map an object's keys onto ``fields`` case-insensitively, as Go's decoder does.
+
+    Keys that match no field are ignored; when several keys fold to the same field the
+    last one wins. The result is keyed by the canonical field name.
+    """
+    by_fold = {f.casefold(): f for f in fields}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        field = by_fold.get(key.casefold())
+        if field is not None:
+            out[field] = value
+    return out

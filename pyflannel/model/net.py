@@ -1,0 +1,69 @@
+"""Subnets and their etcd key names.
+
+A lease key is ``<prefix>/subnets/<A.B.C.D>-<len>`` (flanneld v0.15+ may append
+``&<ipv6>-<len6>`` for dual-stack leases). The IPv6 part is kept verbatim so that a
+key read from etcd can be written back unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.errors import PeerDataError
+
+_KEY_RE = re.compile(
+    r"^(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})-(\d{1,2})(?:&([0-9a-f:]+)-(\d{1,3}))?$"
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SubnetKey:
+    """The identity of a lease: its IPv4 subnet and, for dual-stack leases, the IPv6 part."""
+
+    subnet: IPv4Network
+    ipv6: str | None = None
+
+    def name(self) -> str:
+        """The last path component of the etcd key, e.g. ``10.5.34.0-24``."""
+        base = f"{self.subnet.network_address}-{self.subnet.prefixlen}"
+        return f"{base}&{self.ipv6}" if self.ipv6 else base
+
+
+def subnet_key_name(subnet: IPv4Network) -> str:
+    """Key name of an IPv4-only lease, as flanneld's MakeSubnetKey writes it."""
+    return SubnetKey(subnet).name()
+
+
+def parse_subnet_key(name: str) -> SubnetKey:
+    """Parse the last path component of a lease key.
+
+    Stricter than flanneld's unanchored regex: the whole name must match and the
+    address must be the subnet's network address; anything else is peer data we
+    cannot trust, so it raises :class:`PeerDataError`.
+    """
+    match = _KEY_RE.match(name)
+    if match is None:
+        raise PeerDataError(f"lease key {name!r} is not of the form A.B.C.D-LEN")
+    addr, plen, v6addr, v6len = match.groups()
+    try:
+        subnet = IPv4Network(f"{addr}/{plen}")
+    except ValueError as exc:
+        raise PeerDataError(f"lease key {name!r} is not a valid IPv4 subnet: {exc}") from exc
+    return SubnetKey(subnet, f"{v6addr}-{v6len}" if v6addr else None)
+
+
+def subnet_gateway(subnet: IPv4Network) -> str:
+    """``a.b.c.1/len``: the address a bridge on this subnet gets (FLANNEL_SUBNET)."""
+    return f"{subnet.network_address + 1}/{subnet.prefixlen}"
+
+
+def overlaps(a: IPv4Network, b: IPv4Network) -> bool:
+    """True when the two subnets share any address (equal under the shorter mask)."""
+    return a.overlaps(b)
+
+
+def ip_in(addr: IPv4Address, lo: IPv4Address, hi: IPv4Address) -> bool:
+    """Inclusive range check used for SubnetMin/SubnetMax."""
+    return lo <= addr <= hi

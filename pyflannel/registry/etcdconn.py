@@ -1,0 +1,261 @@
+"""The connection to an etcd v3 cluster: channel, TLS, authentication, failover.
+
+aetcd speaks the etcd v3 API over ``grpc.aio`` but leaves four things to its user,
+and this module adds them:
+
+- TLS: aetcd 1.0.0 always opens an insecure channel, so ``_Client.connect`` builds
+  the channel itself and sets the same private attributes aetcd's own ``connect``
+  sets (``channel``, ``metadata``, the stubs). That is why aetcd is pinned exactly.
+- Several endpoints: plaintext IP literals share one grpc ``ipv4:``/``ipv6:`` target
+  (grpc fails over by itself); otherwise every endpoint gets its own channel, used
+  in turn, the next one after a connection failure. TLS always takes the second
+  route so each server certificate is checked against its own host name.
+- Re-authentication: etcd forgets its simple tokens when it restarts; a call that
+  fails with an invalid token authenticates again and is retried once.
+- Errors: every gRPC and aetcd error is mapped to :mod:`pyflannel.errors` here, and
+  every call has a deadline, so nothing above this module hangs or sees gRPC.
+
+The watch stream is opened here on the raw gRPC stub rather than through aetcd's
+watcher, which hides the response boundaries and header revisions the registry
+needs, and cannot send etcd's "require leader" metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from pyflannel.errors import (
+    ConfigError,
+    RegistryError,
+    RegistryPermissionError,
+    RegistryUnavailable,
+)
+
+if TYPE_CHECKING:
+    from pyflannel.options import Options
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+DEFAULT_PORT = 2379
+_REQUIRE_LEADER = ("hasleader", "true")
+
+# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time), so ping
+# an open stream every 10 s and give up on it after 5 s without an answer: a silent
+# partition then breaks a watch within about 15 s instead of never. Reconnect
+# backoff follows flanneld's 100 ms ... 5 s instead of grpc's default of up to 120 s.
+CHANNEL_OPTIONS: dict[str, int] = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 0,
+    "grpc.http2.max_pings_without_data": 0,
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 5_000,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """How to reach etcd: the ``--etcd-*`` flags, plus the per-call deadline."""
+
+    endpoints: tuple[str, ...]
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    username: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    timeout: float = 5.0
+    channel_options: tuple[tuple[str, int], ...] = tuple(CHANNEL_OPTIONS.items())
+
+    @classmethod
+    def from_options(cls, options: Options) -> EtcdSettings:
+        """The settings the command line asked for."""
+        return cls(
+            endpoints=tuple(options.etcd_endpoints),
+            cafile=options.etcd_cafile,
+            certfile=options.etcd_certfile,
+            keyfile=options.etcd_keyfile,
+            username=options.etcd_username,
+            password=options.etcd_password,
+        )
+
+    def endpoints_text(self) -> str:
+        """The endpoints as the flag spells them, for messages."""
+        return ",".join(self.endpoints)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One parsed ``--etcd-endpoints`` entry."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def address(self) -> str:
+        """``host:port`` as grpc wants it (IPv6 literals in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse ``http(s)://host[:port]``; anything else is a configuration error."""
+    parts = urlsplit(text.strip())
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise ConfigError(f"--etcd-endpoints: {text!r} has an invalid port: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--etcd-endpoints: {text!r} is not an http:// or https:// URL with a host"
+        )
+    return Endpoint(parts.scheme, parts.hostname, port)
+
+
+def use_tls(settings: EtcdSettings, endpoints: Sequence[Endpoint]) -> bool:
+    """TLS when an endpoint says https or a client certificate and key are given."""
+    return any(e.scheme == "https" for e in endpoints) or bool(
+        settings.certfile and settings.keyfile
+    )
+
+
+def channel_targets(endpoints: Sequence[Endpoint], tls: bool) -> list[str]:
+    """The grpc targets to use in turn (see the module docstring for why)."""
+    if not tls and len(endpoints) > 1:
+        for family in (4, 6):
+            if all(_ip_version(e.host) == family for e in endpoints):
+                return [f"ipv{family}:" + ",".join(e.address() for e in endpoints)]
+    return [e.address() for e in endpoints]
+
+
+def _ip_version(host: str) -> int:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{flag}={path}: cannot read it: {exc}") from exc
+
+
+def tls_credentials(settings: EtcdSettings) -> grpc.ChannelCredentials:
+    """Channel credentials from the CA, certificate and key files."""
+    if bool(settings.certfile) != bool(settings.keyfile):
+        logger.warning(
+            "only one of --etcd-certfile and --etcd-keyfile is set; no client certificate is sent"
+        )
+    with_cert = bool(settings.certfile and settings.keyfile)
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.cafile, "--etcd-cafile") if settings.cafile else None,
+        private_key=_read(settings.keyfile, "--etcd-keyfile") if with_cert else None,
+        certificate_chain=_read(settings.certfile, "--etcd-certfile") if with_cert else None,
+    )
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status behind an error (aetcd chains the original as ``__cause__``)."""
+    for err in (exc, exc.__cause__):
+        if isinstance(err, grpc.aio.AioRpcError):
+            return err.code()
+    return None
+
+
+def map_error(exc: BaseException, endpoints: str) -> RegistryError:
+    """Our error for a failed etcd call, by what the caller should do next."""
+    if isinstance(exc, RegistryError):
+        return exc
+    code = status_code(exc)
+    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+    detail = detail or type(exc).__name__
+    if isinstance(exc, TimeoutError) or code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    ):
+        return RegistryUnavailable(f"etcd at {endpoints} is unavailable: {detail}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return RegistryPermissionError(f"etcd at {endpoints} refused the request: {detail}")
+    return RegistryError(f"etcd at {endpoints} failed: {detail}")
+
+
+_CALL_ERRORS = (aetcd.ClientError, grpc.RpcError, TimeoutError)
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
+    """aetcd's client on a channel we build (see the module docstring)."""
+
+    def __init__(
+        self, target: str, settings: EtcdSettings, creds: grpc.ChannelCredentials | None
+    ) -> None:
+        super().__init__(
+            host=target,
+            username=settings.username or None,
+            password=settings.password if settings.username else None,
+            timeout=settings.timeout,
+            options=dict(settings.channel_options),
+        )
+        self._target = target
+        self._creds = creds
+        self._connect_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Open the channel and authenticate; private attributes as aetcd 1.0.0 sets them."""
+        if self._connected.is_set():
+            return
+        async with self._connect_lock:
+            if self._connected.is_set():
+                return
+            options = list(self._options.items())
+            if self._creds is None:
+                channel = grpc.aio.insecure_channel(self._target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(self._target, self._creds, options=options)
+            self.channel = channel
+            try:
+                await self.authenticate()
+            except BaseException:
+                self.channel = None
+                await channel.close()
+                raise
+            self.kvstub = rpc.KVStub(channel)
+            self.leasestub = rpc.LeaseStub(channel)
+            self.clusterstub = rpc.ClusterStub(channel)
+            self.maintenancestub = rpc.MaintenanceStub(channel)
+            self._watcher = None  # aetcd's watcher is not used (see module docstring)
+            self._connected.set()
+
+    async def authenticate(self) -> None:
+        """Get a fresh token (a no-op without a user name)."""
+        if self._username is None:
+            return
+        self.auth_stub = rpc.AuthStub(self.channel)
+        request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+        try:
+            response = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                logger.warning("etcd has authentication disabled; ignoring --etcd-username")
+                self.metadata = None
+                return
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            raise RegistryPermissionError(
+                f"etcd rejected user {self._username!r}: {exc.details()}"
+            ) from exc
+        self.metadata = (("token", response.token),)
