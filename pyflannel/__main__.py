@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from pyflannel import __version__
-from pyflannel.cli import HelpRequested, UsageError, parse_args, usage
-from pyflannel.errors import PyflannelError
+from pyflannel.cli import HelpRequested, UsageError, ignored_arguments, parse_args, usage
+from pyflannel.errors import ConfigError, PyflannelError
 from pyflannel.logsetup import setup_logging
 from pyflannel.options import Options, validate
 
@@ -37,14 +37,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n{usage(prog)}")
         return 2
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
     if options.version:
         sys.stderr.write(f"{__version__}\n")
         return 0
-    return _run(options)
+    return _run(options, ignored_arguments(args))
 
 
-def _run(options: Options) -> int:
+def _run(options: Options, ignored: Sequence[str]) -> int:
     setup_logging(verbosity=options.v, fmt=options.log_format)
+    if ignored:
+        # Go's flag parsing stops at the first non-flag word, so `-ip-masq false --iface=x`
+        # silently drops everything from `false` on; say so instead.
+        logger.warning("ignoring command-line arguments after the first non-flag: %s",
+                       " ".join(ignored))
     try:
         validate(options)
         from pyflannel.daemon import run_daemon

@@ -193,7 +193,7 @@ FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("log_backtrace_at", FlagKind.BACKTRACE, _OPS,
              "accepted for compatibility with flanneld's logger; has no effect"),
     FlagSpec("log-format", FlagKind.STRING, _OPS,
-             "log line format: text, json, or auto (json under journald, else text)"),
+             "log line format: text, json, or auto (text, in colour on a terminal)"),
     FlagSpec("version", FlagKind.BOOL, _OPS,
              "print the version to stderr and exit", from_env=False),
     FlagSpec("kube-subnet-mgr", FlagKind.BOOL, _KUBE,

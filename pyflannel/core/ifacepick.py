@@ -157,17 +157,24 @@ def pick(
         if isinstance(outcome, str):
             rejected.append(Rejected(candidate, outcome))
             continue
-        external = ExternalInterface(
-            name=outcome.link.name,
-            index=outcome.link.index,
-            mtu=outcome.link.mtu,
-            iface_addr=outcome.addr,
-            ext_addr=ext_addr or outcome.addr,
-        )
-        warnings = () if outcome.link.up else (f"interface {outcome.link.name} is down",)
-        return Selection(external, candidate, tuple(rejected), warnings)
+        return _selection(outcome, candidate, rejected, ext_addr)
     explicit = bool(iface or iface_regex or iface_can_reach)
     raise ConfigError(_explain(host, rejected, explicit=explicit))
+
+
+def _selection(
+    found: _Found, candidate: str, rejected: list[Rejected], ext_addr: IPv4Address | None
+) -> Selection:
+    link = found.link
+    external = ExternalInterface(
+        name=link.name,
+        index=link.index,
+        mtu=link.mtu,
+        iface_addr=found.addr,
+        ext_addr=found.addr if ext_addr is None else ext_addr,
+    )
+    warnings = () if link.up else (f"interface {link.name} is down",)
+    return Selection(external, candidate, tuple(rejected), warnings)
 
 
 def parse_public_ip(text: str) -> IPv4Address | None:

@@ -62,6 +62,7 @@ CHANNEL_OPTIONS: dict[str, int] = {
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 5_000,
+    "grpc.max_receive_message_length": -1,  # a listing of many leases exceeds 4 MiB
 }
 
 
@@ -259,3 +260,143 @@ class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
                 f"etcd rejected user {self._username!r}: {exc.details()}"
             ) from exc
         self.metadata = (("token", response.token),)
+
+
+class EtcdConnection:
+    """One client at a time on the current target; calls with deadline, re-auth, failover."""
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        if not settings.endpoints:
+            raise ConfigError("--etcd-endpoints is empty")
+        endpoints = [parse_endpoint(text) for text in settings.endpoints]
+        self.tls = use_tls(settings, endpoints)
+        if settings.cafile and not self.tls:
+            logger.warning(
+                "--etcd-cafile is set but the endpoints are http:// and no client certificate"
+                " is configured: connecting without TLS"
+            )
+        self._settings = settings
+        self._creds = tls_credentials(settings) if self.tls else None
+        self._targets = channel_targets(endpoints, self.tls)
+        self._index = 0
+        self._client: _Client | None = None
+        self._auth_lock = asyncio.Lock()
+        self.endpoints = settings.endpoints_text()
+
+    @property
+    def timeout(self) -> float:
+        """The deadline of one unary call, in seconds."""
+        return self._settings.timeout
+
+    async def call(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``op(client)``; try every target once on unavailability, re-auth once."""
+        failure: RegistryError | None = None
+        reauthenticated = False
+        tries = 0
+        while tries < len(self._targets):
+            client = self._current()
+            token = client.metadata
+            try:
+                # A net under grpc's own per-call deadlines: connect + one RPC.
+                async with asyncio.timeout(2 * self.timeout + 1):
+                    await client.connect()
+                    return await op(client)
+            except _CALL_ERRORS as exc:
+                code = status_code(exc)
+                if code == grpc.StatusCode.UNAUTHENTICATED and not reauthenticated:
+                    reauthenticated = True
+                    await self._reauthenticate(client, token)
+                    continue
+                failure = await self.failed(client, exc)
+                if not isinstance(failure, RegistryUnavailable):
+                    raise failure from exc
+                tries += 1
+        assert failure is not None
+        raise failure
+
+    async def reauthenticate(self) -> None:
+        """Fetch a new token for the current client (after etcd forgot the old one)."""
+        client = self._current()
+        if client.channel is not None:
+            await self._reauthenticate(client, client.metadata)
+
+    async def failed(self, client: _Client, exc: BaseException) -> RegistryError:
+        """Map ``exc``; after a connection failure, move on to the next target."""
+        failure = map_error(exc, self.endpoints)
+        if isinstance(failure, RegistryUnavailable) and self._client is client:
+            self._client = None
+            self._index = (self._index + 1) % len(self._targets)
+            logger.debug("etcd target failed (%s); next: %s", failure, self._targets[self._index])
+            with contextlib.suppress(*_CALL_ERRORS):
+                await client.close()
+        return failure
+
+    @contextlib.asynccontextmanager
+    async def watch_stream(self) -> AsyncIterator[WatchStream]:
+        """A bidirectional Watch stream that fails when the member has no leader."""
+        client = self._current()
+        try:
+            async with asyncio.timeout(2 * self.timeout + 1):
+                await client.connect()
+        except _CALL_ERRORS as exc:
+            raise await self.failed(client, exc) from exc
+        metadata = (*(client.metadata or ()), _REQUIRE_LEADER)
+        call = rpc.WatchStub(client.channel).Watch(metadata=metadata)
+        try:
+            yield WatchStream(self, client, call)
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        """Close the channel (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*_CALL_ERRORS):
+                await client.close()
+
+    def _current(self) -> _Client:
+        if self._client is None:
+            target = self._targets[self._index]
+            self._client = _Client(target, self._settings, self._creds)
+        return self._client
+
+    async def _reauthenticate(self, client: _Client, stale: object) -> None:
+        async with self._auth_lock:
+            if client.metadata is not stale:
+                return  # another call already fetched a new token
+            logger.info("etcd token no longer valid; authenticating again")
+            try:
+                async with asyncio.timeout(self.timeout + 1):
+                    await client.authenticate()
+            except _CALL_ERRORS as exc:
+                raise await self.failed(client, exc) from exc
+
+
+class WatchStream:
+    """One open Watch RPC; reads map errors like every other call."""
+
+    def __init__(self, conn: EtcdConnection, client: _Client, call: Any) -> None:
+        self._conn = conn
+        self._client = client
+        self._call = call
+
+    async def create(self, key: bytes, range_end: bytes, start_revision: int) -> Any:
+        """Ask for a watch of ``[key, range_end)`` and return etcd's first answer."""
+        create = rpc.WatchCreateRequest(key=key, range_end=range_end, start_revision=start_revision)
+        try:
+            async with asyncio.timeout(self._conn.timeout):
+                await self._call.write(rpc.WatchRequest(create_request=create))
+                return await self.read()
+        except _CALL_ERRORS as exc:
+            raise await self._conn.failed(self._client, exc) from exc
+
+    async def read(self) -> Any:
+        """The next WatchResponse; a closed stream counts as unavailability."""
+        try:
+            response = await self._call.read()
+        except _CALL_ERRORS as exc:
+            raise await self._conn.failed(self._client, exc) from exc
+        if response is grpc.aio.EOF:
+            ended = RegistryUnavailable(f"etcd at {self._conn.endpoints} ended the watch stream")
+            raise await self._conn.failed(self._client, ended)
+        return response

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -122,7 +122,7 @@ class InMemoryRegistry:
         self._compacted = self._revision
         self._history.clear()
 
-    async def watch_leases(self, since: int) -> AsyncIterator[WatchBatch]:
+    async def watch_leases(self, since: int) -> AsyncGenerator[WatchBatch, None]:
         cursor = since
         while True:
             try:

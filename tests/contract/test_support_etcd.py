@@ -30,7 +30,7 @@ def test_stopped_server_refuses_clients_and_leaves_no_process(etcd: EtcdServer) 
     assert etcd.process is not None
     assert etcd.process.returncode is not None
     assert etcd.process not in procs.running()
-    assert etcd.etcdctl("get", "k", "--dial-timeout=300ms", check=False).returncode != 0
+    assert etcd.etcdctl("get", "k", "--command-timeout=1s", check=False).returncode != 0
 
 
 def test_v2_api_accepts_etcdctl_set(etcd_v2: EtcdServer) -> None:
@@ -43,13 +43,15 @@ def test_v2_api_accepts_etcdctl_set(etcd_v2: EtcdServer) -> None:
 
 def test_tls_server_needs_a_client_certificate(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
-    with EtcdServer(tmp_path / "etcd", tls=pki) as server:
+    with EtcdServer(tmp_path / "etcd", tls=pki, enable_v2=True) as server:
         assert server.endpoint.startswith("https://")
         server.etcdctl("put", "k", "v")
         assert server.etcdctl("get", "--print-value-only", "k").stdout.strip() == "v"
+        server.etcdctl("set", "/k2", "v2", api=2)  # v2 names its certificate variables apart
+        assert server.etcdctl("get", "/k2", api=2).stdout.strip() == "v2"
         without_cert = server.client_env()
         del without_cert["ETCDCTL_CERT"], without_cert["ETCDCTL_KEY"]
-        assert _etcdctl_with(without_cert, "get", "k").returncode != 0
+        assert _etcdctl_with(without_cert, "get", "k", "--command-timeout=1s").returncode != 0
 
 
 def test_auth_limits_the_user_to_its_prefix(etcd: EtcdServer) -> None:
@@ -79,16 +81,21 @@ def test_start_failure_reports_the_log(tmp_path: Path) -> None:
 def test_two_member_cluster_in_namespaces(tmp_path: Path, topology: TopologyFactory) -> None:
     topo = topology(1)
     hosts = [topo.add_host("etcd1", "198.51.100.2"), topo.add_host("etcd2", "198.51.100.3")]
-    with EtcdCluster(tmp_path / "cluster", hosts=hosts) as cluster:
+    with EtcdCluster(tmp_path / "cluster", hosts=hosts, enable_v2=True) as cluster:
         assert cluster.endpoints == "http://198.51.100.2:2379,http://198.51.100.3:2379"
-        members = cluster.etcdctl("member", "list").stdout.splitlines()
-        assert len(members) == 2
-        cluster.members[0].etcdctl("put", "k", "from-etcd1")
+        assert len(cluster.etcdctl("member", "list").stdout.splitlines()) == 2
+        cluster.members[0].etcdctl("set", "/k", "from-etcd1", api=2)
         # A flannel host elsewhere on the underlay reads through the other member.
-        other = {"ETCDCTL_ENDPOINTS": cluster.members[1].endpoint}
-        env = etcdctl_env(cluster.client_env() | other)
-        value = topo.hosts[0].ns.run("etcdctl", "get", "--print-value-only", "k", env=env)
+        env = cluster.client_env(api=2) | {"ETCDCTL_ENDPOINTS": cluster.members[1].endpoint}
+        value = topo.hosts[0].ns.run("etcdctl", "get", "/k", env=etcdctl_env(env))
         assert value.stdout.strip() == "from-etcd1"
+
+
+def test_two_member_cluster_on_loopback(tmp_path: Path) -> None:
+    with EtcdCluster(tmp_path / "cluster") as cluster:
+        assert cluster.endpoints.count("http://127.0.0.1:") == 2
+        cluster.etcdctl("endpoint", "health")
+        assert len(cluster.etcdctl("member", "list").stdout.splitlines()) == 2
 
 
 def _etcdctl_with(client_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,11 @@ def test_namespace_runs_commands_inside_itself() -> None:
 
 def test_process_ignoring_sigterm_is_killed() -> None:
     with Namespace("stubborn") as ns:
-        proc = ns.popen("sh", "-c", "trap '' TERM; sleep 60")
+        proc = ns.popen("sh", "-c", "trap '' TERM; echo ready; sleep 60", stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"  # the trap is set
         procs.stop(proc, grace=0.3)
+        proc.stdout.close()
         assert proc.returncode == -9
 
 

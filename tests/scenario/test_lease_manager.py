@@ -15,7 +15,7 @@ from pyflannel.manager import LeaseManager
 from pyflannel.model.lease import EventKind, LeaseAttrs, LeaseFormat, encode_attrs
 from pyflannel.model.net import SubnetKey
 from pyflannel.registry.memory import InMemoryRegistry
-from tests.factories import config
+from support.factories import config
 
 CFG_JSON = '{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}'
 ME = LeaseAttrs(IPv4Address("192.0.2.10"))

@@ -9,7 +9,7 @@ import pytest
 
 from pyflannel.core.allocator import Create, Reuse, fits, free_subnets, plan_acquisition
 from pyflannel.errors import PoolExhausted
-from tests.factories import config, lease
+from support.factories import config, lease
 
 ME = IPv4Address("192.0.2.10")
 
