@@ -15,4 +15,5 @@ if not __name__.startswith("pyflannel."):
 
 BACKENDS: dict[str, str] = {
     "alloc": "pyflannel.backends.alloc:AllocBackend",
+    "udp": "pyflannel.backends.udp:UdpBackend",
 }

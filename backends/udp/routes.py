@@ -40,9 +40,7 @@ class RouteTable:
     """Subnet → peer public IP; datagrams go to ``peer:port`` (the port is ours, as in flanneld)."""
 
     port: int
-    routes: Mapping[IPv4Network, IPv4Address] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    routes: Mapping[IPv4Network, IPv4Address] = field(default_factory=lambda: MappingProxyType({}))
     _levels: tuple[_Level, ...] = field(init=False, repr=False, compare=False)
     _peers: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -91,7 +89,9 @@ class RouteTable:
             for subnet, peer in sorted(self.routes.items())
             if old.routes.get(subnet) != peer
         ]
-        gone = [RouteChange(subnet, None) for subnet in sorted(old.routes) if subnet not in self.routes]
+        gone = [
+            RouteChange(subnet, None) for subnet in sorted(old.routes) if subnet not in self.routes
+        ]
         return changed + gone
 
 

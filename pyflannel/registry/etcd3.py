@@ -49,7 +49,8 @@ from pyflannel.model.lease import (
     encode_attrs,
 )
 from pyflannel.model.net import SubnetKey, parse_subnet_key
-from pyflannel.registry.etcdconn import EtcdConnection, EtcdSettings
+from pyflannel.registry.etcdconn import EtcdConnection
+from pyflannel.registry.etcdsettings import EtcdSettings
 
 if TYPE_CHECKING:
     from pyflannel.options import Options
@@ -181,6 +182,8 @@ class Etcd3Registry:
                 logger.info("%s: %s; listing all leases again", outage.what, exc)
                 resync = True
             except RegistryError as exc:
+                if self._conn.closed:
+                    return
                 await outage.failed(exc, self._backoff)
                 if isinstance(exc, RegistryPermissionError):
                     with contextlib.suppress(RegistryError):
@@ -197,6 +200,12 @@ class Etcd3Registry:
         async with self._conn.watch_stream() as stream:
             created = await stream.create(key, _prefix_end(key), cursor + 1)
             _check_response(created)
+            if created.header.revision < cursor:
+                # Watching from a future revision would wait silently for it.
+                raise WatchResyncRequired(
+                    f"etcd is at revision {created.header.revision}, behind {cursor}"
+                    " (restored from a backup?)"
+                )
             outage.recovered()
             while True:
                 response = await stream.read()

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import aetcd
 import grpc
@@ -41,110 +38,30 @@ from pyflannel.errors import (
     RegistryPermissionError,
     RegistryUnavailable,
 )
+from pyflannel.registry.etcdsettings import (
+    CHANNEL_OPTIONS,
+    Endpoint,
+    EtcdSettings,
+    channel_targets,
+    parse_endpoint,
+    use_tls,
+)
 
-if TYPE_CHECKING:
-    from pyflannel.options import Options
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "Endpoint",
+    "EtcdConnection",
+    "EtcdSettings",
+    "WatchStream",
+    "channel_targets",
+    "map_error",
+    "parse_endpoint",
+    "use_tls",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-DEFAULT_PORT = 2379
 _REQUIRE_LEADER = ("hasleader", "true")
-
-# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time), so ping
-# an open stream every 10 s and give up on it after 5 s without an answer: a silent
-# partition then breaks a watch within about 15 s instead of never. Reconnect
-# backoff follows flanneld's 100 ms ... 5 s instead of grpc's default of up to 120 s.
-CHANNEL_OPTIONS: dict[str, int] = {
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 0,
-    "grpc.http2.max_pings_without_data": 0,
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 5_000,
-    "grpc.max_receive_message_length": -1,  # a listing of many leases exceeds 4 MiB
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class EtcdSettings:
-    """How to reach etcd: the ``--etcd-*`` flags, plus the per-call deadline."""
-
-    endpoints: tuple[str, ...]
-    cafile: str = ""
-    certfile: str = ""
-    keyfile: str = ""
-    username: str = ""
-    password: str = dataclasses.field(default="", repr=False)
-    timeout: float = 5.0
-    channel_options: tuple[tuple[str, int], ...] = tuple(CHANNEL_OPTIONS.items())
-
-    @classmethod
-    def from_options(cls, options: Options) -> EtcdSettings:
-        """The settings the command line asked for."""
-        return cls(
-            endpoints=tuple(options.etcd_endpoints),
-            cafile=options.etcd_cafile,
-            certfile=options.etcd_certfile,
-            keyfile=options.etcd_keyfile,
-            username=options.etcd_username,
-            password=options.etcd_password,
-        )
-
-    def endpoints_text(self) -> str:
-        """The endpoints as the flag spells them, for messages."""
-        return ",".join(self.endpoints)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One parsed ``--etcd-endpoints`` entry."""
-
-    scheme: str
-    host: str
-    port: int
-
-    def address(self) -> str:
-        """``host:port`` as grpc wants it (IPv6 literals in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """Parse ``http(s)://host[:port]``; anything else is a configuration error."""
-    parts = urlsplit(text.strip())
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise ConfigError(f"--etcd-endpoints: {text!r} has an invalid port: {exc}") from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"--etcd-endpoints: {text!r} is not an http:// or https:// URL with a host"
-        )
-    return Endpoint(parts.scheme, parts.hostname, port)
-
-
-def use_tls(settings: EtcdSettings, endpoints: Sequence[Endpoint]) -> bool:
-    """TLS when an endpoint says https or a client certificate and key are given."""
-    return any(e.scheme == "https" for e in endpoints) or bool(
-        settings.certfile and settings.keyfile
-    )
-
-
-def channel_targets(endpoints: Sequence[Endpoint], tls: bool) -> list[str]:
-    """The grpc targets to use in turn (see the module docstring for why)."""
-    if not tls and len(endpoints) > 1:
-        for family in (4, 6):
-            if all(_ip_version(e.host) == family for e in endpoints):
-                return [f"ipv{family}:" + ",".join(e.address() for e in endpoints)]
-    return [e.address() for e in endpoints]
-
-
-def _ip_version(host: str) -> int:
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
-        return 0
 
 
 def _read(path: str, flag: str) -> bytes:
@@ -184,7 +101,7 @@ def map_error(exc: BaseException, endpoints: str) -> RegistryError:
     code = status_code(exc)
     detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
     detail = detail or type(exc).__name__
-    if isinstance(exc, TimeoutError) or code in (
+    if isinstance(exc, (TimeoutError, grpc.aio.UsageError)) or code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.CANCELLED,
@@ -195,7 +112,26 @@ def map_error(exc: BaseException, endpoints: str) -> RegistryError:
     return RegistryError(f"etcd at {endpoints} failed: {detail}")
 
 
-_CALL_ERRORS = (aetcd.ClientError, grpc.RpcError, TimeoutError)
+_CALL_ERRORS = (
+    aetcd.ClientError,
+    grpc.RpcError,
+    grpc.aio.UsageError,
+    TimeoutError,
+    RegistryUnavailable,
+)
+
+
+@contextlib.contextmanager
+def _closed_channel_is_an_outage(endpoints: str) -> Iterator[None]:
+    """grpc raises CancelledError in calls on a channel that another failing call
+    closed; that is an outage of this call, not a cancellation of the task."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise RegistryUnavailable(f"connection to etcd at {endpoints} was reset") from None
 
 
 class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
@@ -281,11 +217,11 @@ class EtcdConnection:
         self._index = 0
         self._client: _Client | None = None
         self._auth_lock = asyncio.Lock()
+        self.closed = False
         self.endpoints = settings.endpoints_text()
 
     @property
-    def timeout(self) -> float:
-        """The deadline of one unary call, in seconds."""
+    def timeout(self) -> float:  # of one unary call, in seconds
         return self._settings.timeout
 
     async def call(self, op: Callable[[Any], Awaitable[T]]) -> T:
@@ -299,8 +235,9 @@ class EtcdConnection:
             try:
                 # A net under grpc's own per-call deadlines: connect + one RPC.
                 async with asyncio.timeout(2 * self.timeout + 1):
-                    await client.connect()
-                    return await op(client)
+                    with _closed_channel_is_an_outage(self.endpoints):
+                        await client.connect()
+                        return await op(client)
             except _CALL_ERRORS as exc:
                 code = status_code(exc)
                 if code == grpc.StatusCode.UNAUTHENTICATED and not reauthenticated:
@@ -348,13 +285,16 @@ class EtcdConnection:
             call.cancel()
 
     async def close(self) -> None:
-        """Close the channel (idempotent)."""
+        """Close the channel for good (idempotent); later calls fail."""
+        self.closed = True
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(*_CALL_ERRORS):
                 await client.close()
 
     def _current(self) -> _Client:
+        if self.closed:
+            raise RegistryUnavailable(f"the connection to etcd at {self.endpoints} is closed")
         if self._client is None:
             target = self._targets[self._index]
             self._client = _Client(target, self._settings, self._creds)
@@ -385,7 +325,8 @@ class WatchStream:
         create = rpc.WatchCreateRequest(key=key, range_end=range_end, start_revision=start_revision)
         try:
             async with asyncio.timeout(self._conn.timeout):
-                await self._call.write(rpc.WatchRequest(create_request=create))
+                with _closed_channel_is_an_outage(self._conn.endpoints):
+                    await self._call.write(rpc.WatchRequest(create_request=create))
                 return await self.read()
         except _CALL_ERRORS as exc:
             raise await self._conn.failed(self._client, exc) from exc
@@ -393,7 +334,8 @@ class WatchStream:
     async def read(self) -> Any:
         """The next WatchResponse; a closed stream counts as unavailability."""
         try:
-            response = await self._call.read()
+            with _closed_channel_is_an_outage(self._conn.endpoints):
+                response = await self._call.read()
         except _CALL_ERRORS as exc:
             raise await self._conn.failed(self._client, exc) from exc
         if response is grpc.aio.EOF:

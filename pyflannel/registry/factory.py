@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pyflannel.errors import ConfigError
 from pyflannel.options import Options
+from pyflannel.registry import select
 from pyflannel.registry.base import SubnetRegistry
-from pyflannel.registry.etcd3 import Etcd3Registry
 
 
 async def open_registry(options: Options) -> SubnetRegistry:
-    """The registry for ``--etcd-api`` (auto and v3 use the etcd v3 API)."""
-    if options.etcd_api == "v2":
-        raise ConfigError("--etcd-api=v2 is not supported yet; use v3 (the default)")
-    return Etcd3Registry.from_options(options)
+    """The registry for ``--etcd-api`` (see :mod:`pyflannel.registry.select`)."""
+    return await select.open_registry(options)

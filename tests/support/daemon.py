@@ -37,6 +37,7 @@ class Daemon:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[Any] | None = None
+    _stale: tuple[int, int] | None = None  # (inode, mtime) of subnet.env from an earlier run
 
     @property
     def subnet_file(self) -> Path:
@@ -51,6 +52,7 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             raise DaemonError(f"daemon on {self.host.ip} is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._stale = _identity(self.subnet_file)
         cmd = [PYFLANNELD, *self.args, f"--subnet-file={self.subnet_file}"]
         env = {**os.environ, **self.env}
         with self.log_path.open("ab") as log:
@@ -68,15 +70,18 @@ class Daemon:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, str]:
-        """Wait for subnet.env and return its values; fail with the log if the daemon died."""
+        """Wait for the subnet.env this run writes and return its values; fail with the log
+        if the daemon died. A file left by an earlier run does not count."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.subnet_file.exists():
+            if self.subnet_file.exists() and _identity(self.subnet_file) != self._stale:
                 text = self.subnet_file.read_text()
                 if text.endswith("\n") and "FLANNEL_IPMASQ" in text:
                     return dict(line.split("=", 1) for line in text.splitlines())
             if self.proc is not None and self.proc.poll() is not None:
-                raise DaemonError(f"pyflanneld exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise DaemonError(
+                    f"pyflanneld exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
         raise DaemonError(f"pyflanneld not ready after {timeout} s:\n{self.log_tail()}")
 
@@ -95,7 +100,9 @@ class Daemon:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise DaemonError(f"pyflanneld still running after {timeout} s:\n{self.log_tail()}") from None
+            raise DaemonError(
+                f"pyflanneld still running after {timeout} s:\n{self.log_tail()}"
+            ) from None
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -118,8 +125,18 @@ class Daemon:
         return self.proc.wait(10)
 
 
-def start_daemon(host: Host, workdir: Path, *args: str, env: dict[str, str] | None = None,
-                 wait: bool = True) -> Daemon:
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Changes whenever the file is replaced (the daemon writes it by atomic rename)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def start_daemon(
+    host: Host, workdir: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True
+) -> Daemon:
     """Start pyflanneld on ``host`` with ``args``; by default wait until it is ready."""
     daemon = Daemon(host, tuple(args), workdir, dict(env or {})).start()
     if wait:

@@ -13,6 +13,7 @@ processes are never touched.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import logging
 import math
@@ -362,6 +363,9 @@ class Topology:
             if str(candidate) not in taken:
                 return candidate
         raise ValueError(f"no free address left in {self.underlay}")
+
+
+atexit.register(cleanup)
 
 
 class TopologyFactory(Protocol):

@@ -9,17 +9,20 @@ writing one more harness here and naming it in the suite's fixture.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from support.etcd import EtcdServer
-
+from pyflannel.aio import spawn
+from pyflannel.model.lease import EventKind, WatchBatch
 from pyflannel.registry.base import SubnetRegistry
 from pyflannel.registry.etcd3 import Etcd3Registry, join_key
-from pyflannel.registry.etcdconn import EtcdSettings
+from pyflannel.registry.etcdsettings import EtcdSettings
 from pyflannel.registry.memory import InMemoryRegistry
+from support.etcd import EtcdServer
 
 
 class RegistryHarness(Protocol):
@@ -125,3 +128,44 @@ class Etcd3Harness:
 
     async def close(self) -> None:
         await self.registry.close()
+
+
+class Collector:
+    """Consumes a watch in the background and keeps every batch."""
+
+    def __init__(self, registry: SubnetRegistry, since: int) -> None:
+        self.batches: list[WatchBatch] = []
+        self._arrived = asyncio.Event()
+        self._task = spawn(self._run(registry.watch_leases(since)), name="contract-watch")
+
+    async def _run(self, batches: AsyncIterator[WatchBatch]) -> None:
+        async for batch in batches:
+            self.batches.append(batch)
+            self._arrived.set()
+
+    def events(self) -> list[tuple[EventKind, str]]:
+        return [(e.kind, e.lease.key.name()) for b in self.batches for e in b.events]
+
+    async def wait_for(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def events_after(self, count: int, timeout: float = 10.0) -> list[tuple[EventKind, str]]:
+        await self.wait_for(lambda: len(self.events()) >= count, timeout)
+        return self.events()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def watching(registry: SubnetRegistry, since: int) -> AsyncIterator[Collector]:
+    collector = Collector(registry, since)
+    try:
+        yield collector
+    finally:
+        await collector.close()

@@ -1,0 +1,184 @@
+"""The ``udp`` backend: flanneld's userspace encapsulation over a TUN device.
+
+Design notes
+------------
+* **Device.** A TUN device ``flannel0`` (``IFF_TUN | IFF_NO_PI``, not persistent: it
+  disappears with the process, as flanneld's does), MTU = interface MTU − 28, IPv6 off,
+  the own subnet's network address as a /32 and one route for the whole flannel Network
+  through it (flanneld v0.28's layout). The local container bridge wins by longest prefix.
+* **Wire format.** Each UDP datagram carries exactly one inner IPv4 packet, starting at
+  its IP header, with nothing before or after it; the TTL has been decremented by one.
+  Datagrams go from ``IfaceAddr:Port`` to ``<peer PublicIP>:Port``: every host must use
+  the same port. The lease holds only ``PublicIP`` (no ``BackendType``), so
+  ``{"PublicIP":"P"}``, plus ``"PublicIPv6":null`` on the etcd v3 registry.
+* **Routes.** Every peer lease, whatever its ``BackendType``, is a route: subnet →
+  peer public IP. A packet for a subnet no peer holds gets an ICMP "net unreachable"
+  back, as from flanneld.
+* **Data path.** In the event loop, without an await or callback per packet (see
+  :mod:`.proxy`); optionally with batching offloads (see :mod:`.offload`), invisible on
+  the wire.
+
+Backend options (``"Backend": {"Type": "udp", ...}``; names match case-insensitively)
+------------------------------------------------------------------------------------
+``Port`` (integer, default 8285)
+    The UDP port to listen on and to send to.
+``AcceptUnknownPeers`` (boolean, default false)
+    flanneld writes every datagram that reaches its port into the TUN. pyflannel by
+    default drops, and counts, datagrams whose source address is not the ``PublicIP`` of
+    any lease, and datagrams that are not one well-formed IPv4 packet for its own subnet
+    (too short, not IPv4, bad header or total length, bad header checksum, TTL expiring,
+    destination outside the subnet). Set this to true to accept datagrams from any
+    source address again, e.g. when peers sit behind a NAT that rewrites their source
+    address to something other than their advertised public IP. The packet checks stay.
+``Offload`` (boolean, default true)
+    Move many packets per system call: TCP segmentation offload on the TUN device,
+    ``UDP_SEGMENT`` to send and ``UDP_GRO`` to receive. Each datagram on the wire still
+    carries one inner packet with valid checksums, so peers running flanneld interoperate.
+    When the kernel lacks a feature, the plain path (one packet per system call) is used.
+    Set to false to force the plain path.
+
+Drop counters are logged at DEBUG every minute while they change, and at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from pyflannel.backend import BackendContext, PeerUpdate, Prepared
+from pyflannel.backends.udp import tun as tundev
+from pyflannel.backends.udp.proxy import DataPath, OffloadPath, enable_socket_offloads, open_socket
+from pyflannel.backends.udp.routes import RouteTable
+from pyflannel.errors import BackendError, ConfigError
+from pyflannel.model.config import NetworkConfig
+from pyflannel.model.lease import Lease
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8285
+ENCAP_OVERHEAD = 28  # outer IPv4 header + UDP header
+
+
+def _int_option(config: NetworkConfig, name: str, default: int) -> int:
+    value: Any = config.backend_option(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(
+            f"network config: Backend.{name} {value!r} is invalid: "
+            "it must be an integer port number from 1 to 65535"
+        )
+    return value
+
+
+def _bool_option(config: NetworkConfig, name: str, default: bool) -> bool:
+    value: Any = config.backend_option(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"network config: Backend.{name} {value!r} is invalid: it must be true or false"
+        )
+    return value
+
+
+class UdpBackend:
+    """flannel0 + UDP socket; see the module docstring."""
+
+    def __init__(self, ctx: BackendContext) -> None:
+        self._ctx = ctx
+        self._port = _int_option(ctx.config, "Port", DEFAULT_PORT)
+        self._accept_unknown = _bool_option(ctx.config, "AcceptUnknownPeers", False)
+        self._offload = _bool_option(ctx.config, "Offload", True)
+        self._mtu = ctx.iface.mtu - ENCAP_OVERHEAD
+        self._tun: tundev.Tun | None = None
+        self._sock: socket.socket | None = None
+        self._path: DataPath | None = None
+        self._gso = False
+
+    async def prepare(self) -> Prepared:
+        """Create flannel0 and bind the socket, so a busy port fails before the lease."""
+        iface_addr = self._ctx.iface.iface_addr
+        try:
+            self._sock = open_socket(iface_addr, self._port)
+        except OSError as exc:
+            raise BackendError(f"cannot listen on UDP {iface_addr}:{self._port}: {exc}") from exc
+        self._gso = self._offload and self._socket_offloads(self._sock)
+        vnet = self._gso and bool(tundev.kernel_features() & tundev.IFF_VNET_HDR)
+        tso = (
+            tundev.TUN_F_CSUM | tundev.TUN_F_TSO4
+            if os.environ.get("PYFLANNEL_UDP_TSO", "1") == "1"
+            else 0
+        )
+        self._tun = tundev.open_tun(vnet_hdr=vnet, offloads=tso)
+        await tundev.prepare_link(self._tun.name, self._mtu)
+        logger.info(
+            "udp backend: %s (MTU %d), UDP %s:%d, %s",
+            self._tun.name,
+            self._mtu,
+            iface_addr,
+            self._port,
+            _describe(self._tun, self._gso, self._offload),
+        )
+        return Prepared(backend_type="", backend_data=None, mtu=self._mtu)
+
+    @staticmethod
+    def _socket_offloads(sock: socket.socket) -> bool:
+        gso, gro = enable_socket_offloads(sock)
+        if not gro:
+            logger.info("udp backend: the kernel has no UDP_GRO; receiving one datagram per call")
+        return gso
+
+    async def run(self, own: Lease, feed: AsyncIterator[PeerUpdate]) -> None:
+        """Address flannel0, start the data path, and keep its routes up to date."""
+        if self._tun is None or self._sock is None:
+            raise BackendError("udp backend: run() before prepare()")
+        network = self._ctx.config.network
+        await tundev.address_link(self._tun.name, own.subnet.network_address, network)
+        routes = RouteTable(self._port)
+        path = OffloadPath if self._tun.vnet_hdr else DataPath
+        self._path = path(
+            self._tun, self._sock, subnet=own.subnet, routes=routes,
+            accept_unknown=self._accept_unknown,
+        )  # fmt: skip
+        self._path.start()
+        try:
+            async for update in feed:
+                fresh = self._path.routes.apply(update.events, own.subnet)
+                for change in fresh.changes_from(self._path.routes):
+                    _log_change(change.subnet, change.peer)
+                self._path.routes = fresh
+        finally:
+            self._path.stop()
+
+    def stats(self) -> dict[str, int]:
+        """The data path's counters (empty before ``run()``): traffic and drops by reason."""
+        return {} if self._path is None else self._path.counters.as_dict()
+
+    async def close(self) -> None:
+        """Close the socket and the TUN (which takes flannel0 with it)."""
+        if self._path is not None:
+            logger.debug("udp data path: %s", self._path.counters.summary())
+        if self._sock is not None:
+            self._sock.close()
+        if self._tun is not None:
+            tundev.close_tun(self._tun)
+        self._tun = None
+        self._sock = None
+        self._path = None
+
+
+def _describe(tun: tundev.Tun, gso: bool, wanted: bool) -> str:
+    if tun.vnet_hdr:
+        return f"offloads on (TUN offload flags {tun.offloads:#x}, UDP_SEGMENT, UDP_GRO)"
+    if not wanted:
+        return "offloads off (Offload: false)"
+    reason = "UDP_SEGMENT" if not gso else "IFF_VNET_HDR"
+    return f"offloads off (the kernel lacks {reason})"
+
+
+def _log_change(subnet: IPv4Network, peer: IPv4Address | None) -> None:
+    if peer is None:
+        logger.info("Subnet removed: %s", subnet)
+    else:
+        logger.info("Subnet added: %s via %s", subnet, peer)

@@ -1,0 +1,163 @@
+"""The ``flannel0`` TUN device: open it, ask for offloads, give it an address and a route.
+
+pyroute2 can create a TUN device but hands back no file descriptor, and the data path
+needs one, so the device is opened the classic way (``/dev/net/tun`` + ``TUNSETIFF``).
+It lives in the network namespace of the calling thread and disappears when the fd is
+closed: flanneld's ``flannel0`` behaves the same (it is not persistent).
+
+Setup is split in two because the own subnet is only known after the lease is acquired:
+:func:`open_tun` and :func:`prepare_link` run in ``prepare()`` (name, MTU, IPv6 off
+before the link comes up, so the kernel never sends router solicitations into it), and
+:func:`address_link` runs in ``run()`` (flanneld v0.28's layout: the subnet's network
+address as a /32, link up, and one route for the whole flannel Network via the device).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import struct
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from pyflannel.errors import BackendError
+
+logger = logging.getLogger(__name__)
+
+TUN_PATH = "/dev/net/tun"
+TUNSETIFF = 0x400454CA
+TUNGETFEATURES = 0x800454CF
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+VNET_HDR_LEN = 10  # struct virtio_net_hdr, without the mergeable-buffers field
+
+
+@dataclass(frozen=True, slots=True)
+class Tun:
+    """An open TUN device. With ``vnet_hdr`` every frame read or written starts with a
+    10-byte virtio-net header; ``offloads`` are the TUN_F_* flags the kernel accepted."""
+
+    fd: int
+    name: str
+    vnet_hdr: bool = False
+    offloads: int = 0
+
+
+def kernel_features() -> int:
+    """The IFF_* flags this kernel's TUN driver supports (0 when it cannot be asked)."""
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        raw = fcntl.ioctl(fd, TUNGETFEATURES, b"\0\0\0\0")
+        return int(struct.unpack("I", raw)[0])
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def open_tun(pattern: str = "flannel%d", *, vnet_hdr: bool = False, offloads: int = 0) -> Tun:
+    """Open a non-blocking TUN (IFF_TUN|IFF_NO_PI, plus IFF_VNET_HDR when asked).
+
+    ``offloads`` (TUN_F_* flags) are requested with TUNSETOFFLOAD; a kernel that refuses
+    them leaves a working device without offloads (``Tun.offloads`` says what stuck).
+    """
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BackendError(f"cannot open {TUN_PATH}: {exc} (is the tun module loaded?)") from exc
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+    try:
+        ifreq = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", pattern.encode(), flags))
+        if vnet_hdr:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+    except OSError as exc:
+        os.close(fd)
+        raise BackendError(f"cannot create TUN device {pattern!r}: {exc}") from exc
+    name = ifreq[:16].rstrip(b"\0").decode()
+    accepted = _set_offloads(fd, name, offloads) if vnet_hdr else 0
+    return Tun(fd, name, vnet_hdr, accepted)
+
+
+def _set_offloads(fd: int, name: str, offloads: int) -> int:
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, offloads)
+    except OSError as exc:
+        logger.info("TUN %s: offloads %#x refused (%s); reading plain packets", name, offloads, exc)
+        return 0
+    return offloads
+
+
+def disable_ipv6(name: str) -> None:
+    """Turn IPv6 off on the device (nothing to do when IPv6 is absent from the kernel)."""
+    path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+    try:
+        with open(path, "w") as knob:
+            knob.write("1")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        logger.warning("could not disable IPv6 on %s: %s", name, exc)
+
+
+async def prepare_link(name: str, mtu: int) -> None:
+    """IPv6 off and the MTU set, before the link is up."""
+    disable_ipv6(name)
+    async with AsyncIPRoute() as ipr:
+        index = await _index(ipr, name)
+        await ipr.link("set", index=index, mtu=mtu)
+
+
+async def address_link(name: str, local: IPv4Address, network: IPv4Network) -> None:
+    """``local``/32 on the device, link up, and a route for ``network`` through it.
+
+    An address or route that already exists is fine (flanneld tolerates EEXIST too).
+    """
+    async with AsyncIPRoute() as ipr:
+        index = await _index(ipr, name)
+        await _tolerate_exists(ipr.addr("add", index=index, address=str(local), prefixlen=32))
+        await ipr.link("set", index=index, state="up")
+        await _tolerate_exists(
+            ipr.route(
+                "add",
+                dst=str(network),
+                oif=index,
+                scope=0,  # universe, as flanneld adds it
+            )
+        )
+
+
+async def _index(ipr: AsyncIPRoute, name: str) -> int:
+    found = await ipr.link_lookup(ifname=name)
+    if not found:
+        raise BackendError(f"TUN device {name} vanished while it was being configured")
+    return int(found[0])
+
+
+async def _tolerate_exists(request: Awaitable[object]) -> None:
+    try:
+        await request
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise BackendError(f"netlink request failed: {exc}") from exc
+
+
+def close_tun(tun: Tun) -> None:
+    """Close the fd; the kernel removes the device with it."""
+    try:
+        os.close(tun.fd)
+    except OSError as exc:
+        logger.debug("closing TUN %s: %s", tun.name, exc)

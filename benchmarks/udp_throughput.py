@@ -1,0 +1,207 @@
+"""TCP throughput through the udp backend, next to kernel VXLAN and the bare underlay.
+
+Two hosts in network namespaces on one bridge (``tests/support/netns.Topology``); iperf3
+runs between them over four paths, in this order, on the same topology:
+
+* ``underlay``: host to host over ``eth0``;
+* ``vxlan``: a kernel VXLAN device set up by hand (VNI 1, port 8472, no learning, static
+  FDB and neighbour entries, an onlink route, MTU 1450), as flanneld's vxlan backend does;
+* ``udp-plain``: ``flannel0`` and the udp backend with ``"Offload": false``;
+* ``udp-offload``: the same with the batching offloads.
+
+For each path: iperf3 TCP with 1 and with 4 streams, each run ``--seconds`` long, the
+median of ``--runs`` runs; for the udp paths also the CPU each forwarder used (user +
+system time over wall time; 100 % is one core). ``--smoke`` is one 1-second run, for CI.
+Needs root, iproute2 and iperf3; it creates and deletes its own ``pft-`` namespaces.
+
+    sudo .venv/bin/python benchmarks/udp_throughput.py [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from support import procs  # noqa: E402
+from support.netns import Host, Topology  # noqa: E402
+
+NODE = REPO / "tests" / "netns" / "udp_node.py"
+PYTHON = REPO / ".venv" / "bin" / "python"
+UDP_NETWORK = "10.4.0.0/16"
+VXLAN_PREFIX = "10.5"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Median Gbit/s for 1 and 4 streams, and the forwarders' CPU use (percent of a core)."""
+
+    name: str
+    one: float
+    four: float
+    cpu: tuple[float, ...] = ()
+
+
+def iperf(client: Host, server: Host, address: str, streams: int, seconds: int) -> float:
+    """One iperf3 run; Gbit/s received (0.0 when the run failed)."""
+    srv = server.ns.popen("iperf3", "-s", "-1", "-B", address, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        out = client.ns.run(
+            "iperf3", "-c", address, "-t", str(seconds), "-P", str(streams), "-J",
+            check=False, timeout=seconds + 20,
+        )  # fmt: skip
+    finally:
+        procs.stop(srv)
+    try:
+        return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+    except (ValueError, KeyError):
+        print(f"  iperf3 failed: {out.stdout[-300:]} {out.stderr[-300:]}", file=sys.stderr)
+        return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    name: str, topo: Topology, address: str, args: argparse.Namespace, pids: tuple[int, ...] = ()
+) -> Result:
+    """Median throughput for 1 and 4 streams from host 1 to ``address`` on host 2."""
+    client, server = topo.hosts
+    medians = []
+    used = [0.0] * len(pids)
+    elapsed = 0.0
+    for streams in (1, 4):
+        runs = []
+        for _ in range(args.runs):
+            before = [cpu_seconds(pid) for pid in pids]
+            start = time.monotonic()
+            runs.append(iperf(client, server, address, streams, args.seconds))
+            elapsed += time.monotonic() - start
+            for index, pid in enumerate(pids):
+                used[index] += cpu_seconds(pid) - before[index]
+            print(f"  {name} P{streams}: {runs[-1]:.2f} Gbit/s", flush=True)
+        medians.append(statistics.median(runs))
+    share = tuple(round(100 * seconds / elapsed, 1) for seconds in used)
+    return Result(name, medians[0], medians[1], share)
+
+
+def setup_vxlan(topo: Topology) -> str:
+    """Kernel VXLAN between the two hosts; returns host 2's overlay address."""
+    hosts = topo.hosts
+    macs = [f"02:00:00:00:00:0{i + 1}" for i in range(len(hosts))]
+    for index, host in enumerate(hosts):
+        ns = host.ns
+        ns.ip(
+            "link", "add", "vx0", "address", macs[index], "type", "vxlan", "id", "1",
+            "local", host.ip, "dev", "eth0", "dstport", "8472", "nolearning",
+        )  # fmt: skip
+        ns.ip("link", "set", "vx0", "mtu", "1450", "up")
+        ns.ip("addr", "add", f"{VXLAN_PREFIX}.{index + 1}.0/32", "dev", "vx0")
+        for peer_index, peer in enumerate(hosts):
+            if peer is host:
+                continue
+            gw = f"{VXLAN_PREFIX}.{peer_index + 1}.0"
+            ns.run("bridge", "fdb", "add", macs[peer_index], "dev", "vx0", "dst", peer.ip)
+            ns.ip("neigh", "add", gw, "lladdr", macs[peer_index], "dev", "vx0", "nud", "permanent")
+            ns.ip("route", "add", f"{gw}/24", "via", gw, "dev", "vx0", "onlink")
+    return f"{VXLAN_PREFIX}.2.0"
+
+
+@contextmanager
+def udp_nodes(topo: Topology, offload: bool, workdir: Path) -> Iterator[tuple[int, ...]]:
+    """The udp backend on both hosts; yields the forwarders' PIDs."""
+    backend = json.dumps({"Type": "udp", "Offload": offload})
+    hosts = topo.hosts
+    procs = []
+    for index, host in enumerate(hosts):
+        peers = [f"--peer=10.4.{i + 1}.0/24={h.ip}" for i, h in enumerate(hosts) if h is not host]
+        log = (workdir / f"node{index}-{'off' if offload else 'plain'}.log").open("w")
+        procs.append(
+            host.ns.popen(
+                str(PYTHON),
+                str(NODE),
+                "--iface-addr",
+                host.ip,
+                "--subnet",
+                f"10.4.{index + 1}.0/24",
+                "--network",
+                UDP_NETWORK,
+                "--backend",
+                backend,
+                *peers,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        )
+    try:
+        for host in hosts:
+            wait_for_route(host)
+        yield tuple(proc.pid for proc in procs)
+    finally:
+        for host in hosts:
+            host.ns.stop_processes()
+
+
+def wait_for_route(host: Host, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "flannel0" in host.ns.ip("route", "show", UDP_NETWORK).stdout:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"udp backend on {host.ns.name} did not come up")
+
+
+def report(results: list[Result]) -> None:
+    by_name = {r.name: r for r in results}
+    vxlan = by_name.get("vxlan")
+    underlay = by_name.get("underlay")
+    print(f"\n{'path':12s} {'1 stream':>10s} {'4 streams':>10s} {'vs vxlan':>9s} "
+          f"{'vs underlay':>11s}  forwarder CPU")  # fmt: skip
+    for r in results:
+        ratio_vx = f"{r.one / vxlan.one:8.0%}" if vxlan and vxlan.one else "       -"
+        ratio_ul = f"{r.one / underlay.one:10.0%}" if underlay and underlay.one else "         -"
+        cpu = " / ".join(f"{c:.0f}%" for c in r.cpu) if r.cpu else "-"
+        print(f"{r.name:12s} {r.one:10.2f} {r.four:10.2f} {ratio_vx} {ratio_ul}   {cpu}")
+    print("(Gbit/s, median; ratios are for 1 stream)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="one 1-second run per case")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", action="append", help="underlay, vxlan, udp-plain, udp-offload")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp"))
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.runs = 1, 1
+    wanted = set(args.only or ("underlay", "vxlan", "udp-plain", "udp-offload"))
+    results = []
+    with Topology(2) as topo:
+        if "underlay" in wanted:
+            results.append(measure("underlay", topo, topo.hosts[1].ip, args))
+        if "vxlan" in wanted:
+            results.append(measure("vxlan", topo, setup_vxlan(topo), args))
+        for name, offload in (("udp-plain", False), ("udp-offload", True)):
+            if name in wanted:
+                with udp_nodes(topo, offload, args.workdir) as pids:
+                    results.append(measure(name, topo, "10.4.2.0", args, pids))
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
