@@ -15,5 +15,7 @@ if not __name__.startswith("pyflannel."):
 
 BACKENDS: dict[str, str] = {
     "alloc": "pyflannel.backends.alloc:AllocBackend",
+    "vxlan": "pyflannel.backends.vxlan:VxlanBackend",
     "udp": "pyflannel.backends.udp:UdpBackend",
+    "host-gw": "pyflannel.backends.hostgw:HostGwBackend",
 }

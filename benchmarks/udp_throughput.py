@@ -126,31 +126,20 @@ def udp_nodes(topo: Topology, offload: bool, workdir: Path) -> Iterator[tuple[in
     """The udp backend on both hosts; yields the forwarders' PIDs."""
     backend = json.dumps({"Type": "udp", "Offload": offload})
     hosts = topo.hosts
-    procs = []
+    pids = []
     for index, host in enumerate(hosts):
         peers = [f"--peer=10.4.{i + 1}.0/24={h.ip}" for i, h in enumerate(hosts) if h is not host]
-        log = (workdir / f"node{index}-{'off' if offload else 'plain'}.log").open("w")
-        procs.append(
-            host.ns.popen(
-                str(PYTHON),
-                str(NODE),
-                "--iface-addr",
-                host.ip,
-                "--subnet",
-                f"10.4.{index + 1}.0/24",
-                "--network",
-                UDP_NETWORK,
-                "--backend",
-                backend,
-                *peers,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        )
+        args = ["--iface-addr", host.ip, "--subnet", f"10.4.{index + 1}.0/24"]
+        args += ["--network", UDP_NETWORK, "--backend", backend, *peers]
+        with (workdir / f"node{index}-{'off' if offload else 'plain'}.log").open("w") as log:
+            proc = host.ns.popen(
+                str(PYTHON), str(NODE), *args, stdout=log, stderr=subprocess.STDOUT
+            )
+        pids.append(proc.pid)
     try:
         for host in hosts:
             wait_for_route(host)
-        yield tuple(proc.pid for proc in procs)
+        yield tuple(pids)
     finally:
         for host in hosts:
             host.ns.stop_processes()

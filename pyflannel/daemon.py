@@ -27,6 +27,7 @@ from pyflannel.options import Options
 from pyflannel.registry.base import SubnetRegistry
 from pyflannel.registry.factory import open_registry
 from pyflannel.sdnotify import sd_notify
+from pyflannel.trafficrules import start_traffic_rules
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +123,12 @@ async def _serve(
         prepared = await backend.prepare()
         attrs = LeaseAttrs(iface.ext_addr, prepared.backend_type, prepared.backend_data)
         lease = await manager.acquire(config, attrs)
+        traffic = await start_traffic_rules(options, config.network, lease.subnet, previous)
         _write_subnet_env(options, config, lease, prepared.mtu)
         health.ready = True
         sd_notify("READY=1")
         logger.info("pyflanneld is ready: subnet %s, MTU %d", lease.subnet, prepared.mtu)
+        group.create_task(traffic.run(), name="traffic-rules")
         await _run_loops(manager, backend, lease, group)
     finally:
         await backend.close()

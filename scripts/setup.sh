@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(etcd-server etcd-client iproute2 iptables iputils-ping iperf3 tcpdump
+DEB_PACKAGES=(etcd-server etcd-client iproute2 iptables iputils-ping iperf3 tcpdump systemd
               traceroute kmod procps openssl python3-venv)
 
 missing=()

@@ -1,13 +1,17 @@
 """What the host-gw backend wants in the kernel: one route per peer subnet.
 
 host-gw sends overlay traffic unencapsulated: a peer's subnet is routed through the
-peer host itself, ``<subnet> via <PublicIP> dev <iface>`` (facts §8). The kernel
-accepts such a route only when the gateway is on a subnet connected to the
-interface, so every host must share one L2 segment and advertise its own interface
-address, never a NAT address.
+peer host itself, ``<subnet> via <PublicIP> dev <iface>`` (facts §8), with the
+route protocol flanneld's netlink library gives it, so a host switched from
+flanneld keeps the very same routes. The kernel accepts such a route only when the
+gateway lies on a subnet connected to the interface: every host must share one L2
+segment and advertise its own interface address, never a NAT address.
 
-Rules of this file: pure code, no I/O. The shell reads the interface's connected
-subnets and the existing routes, and applies what these functions return.
+Owned routes (the scope the applier reads, diffs and may delete from): main-table
+routes through the external interface to a part of the overlay network other than
+our own subnet. Nothing outside the overlay network is ever touched.
+
+Rules of this file: pure code, no I/O.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.backend import ExternalInterface
+from pyflannel.core.kernelstate import KernelState, Route, Scope
 from pyflannel.errors import ConfigError
 from pyflannel.model.lease import Lease
 
@@ -28,30 +33,21 @@ NAT_REASON = (
 )
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class GatewayRoute:
-    """``dst via gateway dev <oif>`` in the main table."""
-
-    dst: IPv4Network
-    gateway: IPv4Address
-    oif: int
-
-
 @dataclass(frozen=True, slots=True)
 class SkippedPeer:
-    """A peer lease that gets no route, and why (for the log)."""
+    """A host-gw peer lease that gets no route, and why (logged once)."""
 
     subnet: IPv4Network
-    public_ip: IPv4Address
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class HostGwPlan:
-    """The routes to keep, and the peers that cannot have one."""
+class Desired:
+    """The routes to hold, and the peers left out of them."""
 
-    routes: frozenset[GatewayRoute]
-    skipped: tuple[SkippedPeer, ...]
+    state: KernelState
+    skipped: tuple[SkippedPeer, ...] = ()
+    foreign: tuple[IPv4Network, ...] = ()  # peers of another backend type (ignored)
 
 
 def check_public_ip(iface: ExternalInterface) -> None:
@@ -69,48 +65,50 @@ def check_public_ip(iface: ExternalInterface) -> None:
         )
 
 
-def plan_routes(
+def desired_routes(
     own: Lease,
     peers: Iterable[Lease],
     iface: ExternalInterface,
     connected: Sequence[IPv4Network],
-) -> HostGwPlan:
+) -> Desired:
     """The route for every host-gw peer whose PublicIP is on a connected subnet.
 
     ``connected`` are the subnets directly reachable through the interface (its
-    addresses' prefixes). Leases of other backend types are ignored without a word,
-    as flanneld ignores them; any other peer without a route is reported.
+    addresses' prefixes). Leases of other backend types are ignored, as flanneld
+    ignores them; a host-gw peer that cannot have a route is reported with why.
     """
-    routes: set[GatewayRoute] = set()
+    routes: set[Route] = set()
     skipped: list[SkippedPeer] = []
+    foreign: list[IPv4Network] = []
     for lease in sorted(peers, key=lambda lease: lease.subnet):
-        if lease.subnet == own.subnet or lease.attrs.backend_type != BACKEND_TYPE:
+        if lease.subnet == own.subnet:
+            continue
+        if lease.attrs.backend_type != BACKEND_TYPE:
+            foreign.append(lease.subnet)
             continue
         reason = _unroutable(lease.attrs.public_ip, iface, connected)
         if reason is None:
-            routes.add(GatewayRoute(lease.subnet, lease.attrs.public_ip, iface.index))
+            routes.add(Route(lease.subnet, lease.attrs.public_ip, iface.index))
         else:
-            skipped.append(SkippedPeer(lease.subnet, lease.attrs.public_ip, reason))
-    return HostGwPlan(frozenset(routes), tuple(skipped))
+            skipped.append(SkippedPeer(lease.subnet, reason))
+    return Desired(KernelState(routes=frozenset(routes)), tuple(skipped), tuple(foreign))
 
 
-def is_ours(
-    dst: IPv4Network, oif: int, network: IPv4Network, own: IPv4Network, iface_index: int
-) -> bool:
-    """Whether a kernel route looks like one host-gw put there (so a stale one may go).
+def route_scope(iface_index: int, network: IPv4Network, own: IPv4Network) -> Scope:
+    """The routes host-gw owns (see the module docstring)."""
 
-    That is a route through the external interface to a part of the overlay
-    network other than our own subnet; nothing else is ever deleted.
-    """
-    return oif == iface_index and dst.subnet_of(network) and dst not in (network, own)
+    def ours(route: Route) -> bool:
+        return route.dst.subnet_of(network) and route.dst not in (network, own)
+
+    return Scope(route_oifs=frozenset({iface_index}), route_filter=ours)
 
 
 def _unroutable(
     gateway: IPv4Address, iface: ExternalInterface, connected: Sequence[IPv4Network]
 ) -> str | None:
     if gateway == iface.iface_addr:
-        return "its PublicIP is this host's own address (a lease left by an earlier subnet?)"
-    if any(gateway in net for net in connected):
+        return "its PublicIP is this host's own address (a lease left by an earlier run?)"
+    if any(gateway in net and net.prefixlen < 32 for net in connected):
         return None
     shown = ", ".join(str(net) for net in connected) or "none"
     return (

@@ -13,10 +13,11 @@ Design notes
   ``{"PublicIP":"P"}``, plus ``"PublicIPv6":null`` on the etcd v3 registry.
 * **Routes.** Every peer lease, whatever its ``BackendType``, is a route: subnet →
   peer public IP. A packet for a subnet no peer holds gets an ICMP "net unreachable"
-  back, as from flanneld.
+  back, as from flanneld, but from the Network's own address (e.g. 10.5.0.0) rather
+  than the TUN's: the kernel discards flanneld's, whose source is a local address.
 * **Data path.** In the event loop, without an await or callback per packet (see
-  :mod:`.proxy`); optionally with batching offloads (see :mod:`.offload`), invisible on
-  the wire.
+  :mod:`.proxy`); by default with batching offloads (see :mod:`.batched`), invisible
+  on the wire.
 
 Backend options (``"Backend": {"Type": "udp", ...}``; names match case-insensitively)
 ------------------------------------------------------------------------------------
@@ -43,7 +44,6 @@ Drop counters are logged at DEBUG every minute while they change, and at shutdow
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
@@ -51,7 +51,8 @@ from typing import Any
 
 from pyflannel.backend import BackendContext, PeerUpdate, Prepared
 from pyflannel.backends.udp import tun as tundev
-from pyflannel.backends.udp.proxy import DataPath, OffloadPath, enable_socket_offloads, open_socket
+from pyflannel.backends.udp.batched import BatchedPath, enable_socket_offloads
+from pyflannel.backends.udp.proxy import DataPath, icmp_source, open_socket
 from pyflannel.backends.udp.routes import RouteTable
 from pyflannel.errors import BackendError, ConfigError
 from pyflannel.model.config import NetworkConfig
@@ -94,7 +95,6 @@ class UdpBackend:
         self._tun: tundev.Tun | None = None
         self._sock: socket.socket | None = None
         self._path: DataPath | None = None
-        self._gso = False
 
     async def prepare(self) -> Prepared:
         """Create flannel0 and bind the socket, so a busy port fails before the lease."""
@@ -103,14 +103,10 @@ class UdpBackend:
             self._sock = open_socket(iface_addr, self._port)
         except OSError as exc:
             raise BackendError(f"cannot listen on UDP {iface_addr}:{self._port}: {exc}") from exc
-        self._gso = self._offload and self._socket_offloads(self._sock)
-        vnet = self._gso and bool(tundev.kernel_features() & tundev.IFF_VNET_HDR)
-        tso = (
-            tundev.TUN_F_CSUM | tundev.TUN_F_TSO4
-            if os.environ.get("PYFLANNEL_UDP_TSO", "1") == "1"
-            else 0
+        batching = self._offload and self._can_batch(self._sock)
+        self._tun = tundev.open_tun(
+            vnet_hdr=batching, offloads=tundev.TUN_F_CSUM | tundev.TUN_F_TSO4
         )
-        self._tun = tundev.open_tun(vnet_hdr=vnet, offloads=tso)
         await tundev.prepare_link(self._tun.name, self._mtu)
         logger.info(
             "udp backend: %s (MTU %d), UDP %s:%d, %s",
@@ -118,16 +114,23 @@ class UdpBackend:
             self._mtu,
             iface_addr,
             self._port,
-            _describe(self._tun, self._gso, self._offload),
+            _describe(self._tun, self._offload),
         )
         return Prepared(backend_type="", backend_data=None, mtu=self._mtu)
 
     @staticmethod
-    def _socket_offloads(sock: socket.socket) -> bool:
+    def _can_batch(sock: socket.socket) -> bool:
+        """Whether the kernel has what the offload path needs (else: the plain path)."""
         gso, gro = enable_socket_offloads(sock)
         if not gro:
             logger.info("udp backend: the kernel has no UDP_GRO; receiving one datagram per call")
-        return gso
+        if not gso:
+            logger.info("udp backend: the kernel has no UDP_SEGMENT; offloads off")
+            return False
+        if not tundev.kernel_features() & tundev.IFF_VNET_HDR:
+            logger.info("udp backend: the TUN driver has no IFF_VNET_HDR; offloads off")
+            return False
+        return True
 
     async def run(self, own: Lease, feed: AsyncIterator[PeerUpdate]) -> None:
         """Address flannel0, start the data path, and keep its routes up to date."""
@@ -136,10 +139,10 @@ class UdpBackend:
         network = self._ctx.config.network
         await tundev.address_link(self._tun.name, own.subnet.network_address, network)
         routes = RouteTable(self._port)
-        path = OffloadPath if self._tun.vnet_hdr else DataPath
+        path = BatchedPath if self._tun.vnet_hdr else DataPath
         self._path = path(
             self._tun, self._sock, subnet=own.subnet, routes=routes,
-            accept_unknown=self._accept_unknown,
+            accept_unknown=self._accept_unknown, icmp_source=icmp_source(network, own.subnet),
         )  # fmt: skip
         self._path.start()
         try:
@@ -168,13 +171,11 @@ class UdpBackend:
         self._path = None
 
 
-def _describe(tun: tundev.Tun, gso: bool, wanted: bool) -> str:
+def _describe(tun: tundev.Tun, wanted: bool) -> str:
     if tun.vnet_hdr:
-        return f"offloads on (TUN offload flags {tun.offloads:#x}, UDP_SEGMENT, UDP_GRO)"
-    if not wanted:
-        return "offloads off (Offload: false)"
-    reason = "UDP_SEGMENT" if not gso else "IFF_VNET_HDR"
-    return f"offloads off (the kernel lacks {reason})"
+        tso = "TSO" if tun.offloads & tundev.TUN_F_TSO4 else "no TSO"
+        return f"offloads on ({tso} on the TUN, UDP_SEGMENT and UDP_GRO on the socket)"
+    return "offloads off" + ("" if wanted else " (Offload: false)")
 
 
 def _log_change(subnet: IPv4Network, peer: IPv4Address | None) -> None:

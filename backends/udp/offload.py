@@ -50,6 +50,11 @@ TCP_CWR = 0x80
 _LAST_ONLY = TCP_FIN | TCP_PSH
 _MERGEABLE = TCP_ACK | TCP_PSH  # flags that may appear on a segment GRO merges
 _MAX_COALESCED = 65535  # an IPv4 total length
+_pack_len_id = struct.Struct("!HH").pack_into
+_pack_u16 = struct.Struct("!H").pack_into
+_pack_u32 = struct.Struct("!I").pack_into
+_KEY_MASKS: dict[int, int] = {}
+_FOLLOWER_MASKS: dict[int, tuple[int, int, int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,35 +127,69 @@ def segment_tcp4(packet: Packet, mss: int, out: memoryview, at: int = 0) -> tupl
 
     Segments are written back to back from ``out[at]``; all are the same size except
     possibly the last. Returns ``(segment size, bytes written)``. The checksums of the
-    input may be partial: every segment gets complete IP and TCP checksums.
+    input may be partial: every segment gets complete IP and TCP checksums, computed from
+    the sums of the unchanging header fields plus those of the fields that change.
     """
     ihl = (packet[0] & 0x0F) << 2
     thl = (packet[ihl + 12] >> 4) << 2
     hlen = ihl + thl
     payload = len(packet) - hlen
+    if payload <= 0 or at + segmented_size(payload, mss, hlen) > len(out):
+        raise ValueError(f"no room for {payload} bytes in segments of {mss} at {at}")
+    header, ip_base, tcp_base = _template(packet, ihl)
     ip_id = packet[4] << 8 | packet[5]
     seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
-    flags = packet[ihl + 13]
-    pseudo = pseudo_header_sum(packet, TCP_PROTO, 0)
-    if at + segmented_size(payload, mss, hlen) > len(out):
-        raise ValueError(f"no room for {payload} bytes in segments of {mss} at {at}")
+    last = (payload - 1) // mss
+    flags = _flag_sequence(packet[ihl + 13], last)
     pos = at
-    for index, start in enumerate(range(0, payload, mss)):
-        chunk = min(mss, payload - start)
+    for index in range(last + 1):
+        start = hlen + index * mss
+        chunk = mss if index < last else len(packet) - start
         size = hlen + chunk
-        tcp = pos + ihl
-        out[pos : pos + hlen] = packet[:hlen]
-        out[pos + 2 : pos + 4] = size.to_bytes(2, "big")
-        out[pos + 4 : pos + 6] = ((ip_id + index) & 0xFFFF).to_bytes(2, "big")
-        out[pos + 10 : pos + 12] = ipv4_header_checksum(out[pos : pos + ihl]).to_bytes(2, "big")
-        out[tcp + 4 : tcp + 8] = ((seq + start) & 0xFFFFFFFF).to_bytes(4, "big")
-        out[tcp + 13] = _segment_flags(flags, index == 0, start + chunk >= payload)
-        out[tcp + 16 : tcp + 18] = b"\0\0"
-        out[pos + hlen : pos + size] = packet[hlen + start : hlen + start + chunk]
-        total = fast_sum(out[tcp : pos + size], pseudo + thl + chunk)
-        out[tcp + 16 : tcp + 18] = finish(total).to_bytes(2, "big")
+        ident = (ip_id + index) & 0xFFFF
+        number = (seq + start - hlen) & 0xFFFFFFFF
+        bits = flags[0 if index == 0 else 2 if index == last else 1]
+        body = packet[start : start + chunk]
+        out[pos : pos + hlen] = header
+        out[pos + hlen : pos + size] = body
+        ip_sum = (ip_base + size + ident) % 0xFFFF
+        _pack_len_id(out, pos + 2, size, ident)
+        _pack_u16(out, pos + 10, 0xFFFF - ip_sum if ip_sum else 0)
+        tcp_sum = (int.from_bytes(body, "little") % 0xFFFF) << 8
+        tcp_sum = (tcp_sum + tcp_base + (number >> 16) + (number & 0xFFFF) + bits + chunk) % 0xFFFF
+        _pack_u32(out, pos + ihl + 4, number)
+        out[pos + ihl + 13] = bits
+        _pack_u16(out, pos + ihl + 16, 0xFFFF - tcp_sum if tcp_sum else 0)
         pos += size
-    return min(hlen + mss, hlen + payload), pos - at
+    return hlen + min(mss, payload), pos - at
+
+
+def _template(packet: Packet, ihl: int) -> tuple[bytearray, int, int]:
+    """The headers with every per-segment field zeroed, and the sums of what remains.
+
+    The TCP sum includes the pseudo-header, whose length field is counted for the TCP
+    header here; each segment adds its payload length.
+    """
+    thl = (packet[ihl + 12] >> 4) << 2
+    header = bytearray(packet[: ihl + thl])
+    for begin, end in (
+        (2, 6),
+        (10, 12),
+        (ihl + 4, ihl + 8),
+        (ihl + 13, ihl + 14),
+        (ihl + 16, ihl + 18),
+    ):
+        header[begin:end] = bytes(end - begin)
+    ip_base = int.from_bytes(header[:ihl], "big") % 0xFFFF
+    tcp_base = int.from_bytes(header[ihl:], "big") + pseudo_header_sum(packet, TCP_PROTO, thl)
+    return header, ip_base, tcp_base % 0xFFFF
+
+
+def _flag_sequence(flags: int, last: int) -> tuple[int, int, int]:
+    """TCP flags for the first, middle and last segments (as Linux's tcp_gso_segment)."""
+    if last == 0:
+        return flags, flags, flags
+    return flags & ~_LAST_ONLY, flags & ~(_LAST_ONLY | TCP_CWR), flags & ~TCP_CWR
 
 
 def segmented_size(payload: int, mss: int, hlen: int) -> int:
@@ -158,37 +197,34 @@ def segmented_size(payload: int, mss: int, hlen: int) -> int:
     return payload + hlen * -(-payload // mss)
 
 
-def _segment_flags(flags: int, first: bool, last: bool) -> int:
-    if not first:
-        flags &= ~TCP_CWR
-    if not last:
-        flags &= ~_LAST_ONLY
-    return flags
-
-
-def flow_key(segment: Packet) -> bytes | None:
+def flow_key(segment: Packet) -> int | None:
     """What must be equal for two TCP/IPv4 segments to merge, or None if this one can't.
 
     That is the IP header apart from total length, ID and checksum (so version, header
     length, TOS, DF, TTL, protocol, addresses), and the TCP header apart from sequence
-    number, flags and checksum (ports, ack, data offset, window, options). Only plain
-    ACK segments, possibly with PSH, without IP options or fragmentation, qualify.
+    number, flags and checksum (ports, ack, data offset, window, options): the headers
+    as one integer with those fields masked out. Only plain ACK segments, possibly with
+    PSH, without IP options or fragmentation, qualify.
     """
     if len(segment) < 40 or segment[0] != 0x45 or segment[9] != TCP_PROTO:
         return None
     if (segment[6] & 0x3F) or segment[7]:  # MF or a fragment offset
         return None
-    thl = (segment[32] >> 4) << 2
+    hlen = 20 + ((segment[32] >> 4) << 2)
     flags = segment[33]
-    if thl < 20 or 20 + thl > len(segment) or flags & ~_MERGEABLE or not flags & TCP_ACK:
+    if hlen < 40 or hlen > len(segment) or flags & ~_MERGEABLE or not flags & TCP_ACK:
         return None
-    return (
-        bytes(segment[0:2])
-        + bytes(segment[6:10])
-        + bytes(segment[12:20])
-        + (bytes(segment[20:24]) + bytes(segment[28:33]) + bytes(segment[34:36]))
-        + bytes(segment[38 : 20 + thl])
-    )
+    return int.from_bytes(segment[:hlen], "big") & _key_mask(hlen)
+
+
+def _key_mask(hlen: int) -> int:
+    mask = _KEY_MASKS.get(hlen)
+    if mask is None:
+        keep = bytearray(b"\xff" * hlen)
+        for begin, end in ((2, 6), (10, 12), (24, 28), (33, 34), (36, 38)):
+            keep[begin:end] = bytes(end - begin)
+        mask = _KEY_MASKS[hlen] = int.from_bytes(keep, "big")
+    return mask
 
 
 def coalesce_runs(segments: Sequence[Packet]) -> list[tuple[int, int]]:
@@ -196,7 +232,9 @@ def coalesce_runs(segments: Sequence[Packet]) -> list[tuple[int, int]]:
 
     A run of more than one is a sequence of segments of one flow with contiguous sequence
     numbers, equal payload sizes except for a smaller last one, PSH only on the last, and
-    at most 64 KiB once merged. Everything else is a run of one, written as it is.
+    at most 64 KiB once merged; every segment after the first must hold exactly one
+    packet (its IP total length is its size). The first is not checked beyond
+    :func:`flow_key`: the caller checks it and drops the run with it.
     """
     runs: list[tuple[int, int]] = []
     index = 0
@@ -210,28 +248,43 @@ def coalesce_runs(segments: Sequence[Packet]) -> list[tuple[int, int]]:
 def _run_length(segments: Sequence[Packet], first: int) -> int:
     head = segments[first]
     key = flow_key(head)
-    payload = _payload_len(head)
-    if key is None or payload == 0 or head[33] & TCP_PSH:
+    if key is None or head[33] & TCP_PSH:
         return 1
+    hlen = 20 + ((head[32] >> 4) << 2)
+    payload = len(head) - hlen
+    if payload == 0:
+        return 1
+    # A follower must equal the head on every bit the key keeps, carry its own length as
+    # IP total length, the next sequence number, and ACK as its only flag besides PSH.
+    mask, length_at, seq_at = _follower_mask(hlen)
+    want = key | TCP_ACK << (8 * (hlen - 34))
     total = len(head)
-    expect = (int.from_bytes(head[24:28], "big") + payload) & 0xFFFFFFFF
-    count = 1
-    for segment in segments[first + 1 :]:
-        size = _payload_len(segment)
-        if size == 0 or size > payload or total + size > _MAX_COALESCED:
+    expect = int.from_bytes(head[24:28], "big") + payload
+    index = first + 1
+    while index < len(segments):
+        segment = segments[index]
+        size = len(segment) - hlen
+        if size <= 0 or size > payload or total + size > _MAX_COALESCED:
             break
-        if int.from_bytes(segment[24:28], "big") != expect or flow_key(segment) != key:
+        expected = want | len(segment) << length_at | (expect & 0xFFFFFFFF) << seq_at
+        if int.from_bytes(segment[:hlen], "big") & mask != expected:
             break
-        count += 1
+        index += 1
         total += size
-        expect = (expect + size) & 0xFFFFFFFF
+        expect += size
         if size < payload or segment[33] & TCP_PSH:
             break
-    return count
+    return index - first
 
 
-def _payload_len(segment: Packet) -> int:
-    return len(segment) - 20 - ((segment[32] >> 4) << 2)
+def _follower_mask(hlen: int) -> tuple[int, int, int]:
+    """The key mask plus total length, sequence number and flags but PSH; their shifts."""
+    found = _FOLLOWER_MASKS.get(hlen)
+    if found is None:
+        length_at, seq_at, flags_at = 8 * (hlen - 4), 8 * (hlen - 28), 8 * (hlen - 34)
+        extra = 0xFFFF << length_at | 0xFFFFFFFF << seq_at | (0xFF & ~TCP_PSH) << flags_at
+        found = _FOLLOWER_MASKS[hlen] = (_key_mask(hlen) | extra, length_at, seq_at)
+    return found
 
 
 def merge_headers(first: memoryview, total: int, last_flags: int, mss: int) -> VnetHeader:

@@ -89,26 +89,13 @@ def check_inbound(packet: Packet, network: int, netmask: int) -> Verdict:
     """Whether a received datagram may go into the TUN, and if not, why.
 
     ``network``/``netmask`` are our subnet as integers. The datagram must be exactly one
-    well-formed IPv4 packet whose destination is in that subnet and whose TTL survives
-    the decrement.
+    IPv4 packet (header length, total length equal to the datagram's, header checksum)
+    whose destination is in that subnet and whose TTL survives the decrement. One flat
+    function: it runs for every packet received.
     """
-    verdict = check_header(packet)
-    if verdict:
-        return verdict
-    if int.from_bytes(packet[16:20], "big") & netmask != network:
-        return Verdict.FOREIGN_DESTINATION
-    if packet[8] <= 1:
-        return Verdict.TTL_EXPIRED
-    return Verdict.OK
-
-
-def check_header(packet: Packet) -> Verdict:
-    """Whether ``packet`` is exactly one IPv4 packet with a sound header."""
     size = len(packet)
-    if size < IPV4_HEADER_MIN:
-        return Verdict.TOO_SHORT
-    if packet[0] >> 4 != 4:
-        return Verdict.NOT_IPV4
+    if size < IPV4_HEADER_MIN or packet[0] >> 4 != 4:
+        return Verdict.TOO_SHORT if size < IPV4_HEADER_MIN else Verdict.NOT_IPV4
     hlen = (packet[0] & 0x0F) << 2
     if hlen < IPV4_HEADER_MIN or hlen > size:
         return Verdict.BAD_HEADER_LENGTH
@@ -116,6 +103,8 @@ def check_header(packet: Packet) -> Verdict:
         return Verdict.BAD_TOTAL_LENGTH
     if int.from_bytes(packet[:hlen], "big") % 0xFFFF:
         return Verdict.BAD_CHECKSUM
+    if int.from_bytes(packet[16:20], "big") & netmask != network or packet[8] <= 1:
+        return Verdict.TTL_EXPIRED if packet[8] <= 1 else Verdict.FOREIGN_DESTINATION
     return Verdict.OK
 
 

@@ -135,7 +135,8 @@ async def address_link(name: str, local: IPv4Address, network: IPv4Network) -> N
                 "add",
                 dst=str(network),
                 oif=index,
-                scope=0,  # universe, as flanneld adds it
+                scope=0,  # universe and proto boot: flanneld's route, attribute for attribute
+                proto=3,
             )
         )
 

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write Docker options from subnet.env, as mk-docker-opts.sh"
         " (-f FILE -d FILE -i -c -m -k KEY; -h for details)",
         add_help=False,
-    ).add_argument("rest", nargs=argparse.REMAINDER)
+    )
     return parser
 
 
@@ -180,16 +180,35 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run one command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
-    if args[:1] == ["docker-opts"]:
-        return dockeropts.main(args[1:], env, prog="pyflannelctl docker-opts")
     flags, rest = split_daemon_flags(args)
+    command = _command_index(rest)
+    tail: list[str] = []
+    if command is not None and rest[command] == "docker-opts":
+        rest, tail = rest[: command + 1], rest[command + 1 :]
     try:
         ns = build_parser().parse_args(rest)
     except SystemExit as exc:  # argparse printed the usage, the help or the version
         return exc.code if isinstance(exc.code, int) else 2
     if ns.command == "docker-opts":
-        return dockeropts.main(ns.rest, env, prog="pyflannelctl docker-opts")
+        return dockeropts.main(tail, env, prog="pyflannelctl docker-opts")
     return _run(flags, ns, env)
+
+
+def _command_index(rest: Sequence[str]) -> int | None:
+    """Where the command word is: the first word that is not an option or its value.
+
+    The words after ``docker-opts`` belong to it alone (mk-docker-opts.sh's options).
+    """
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word == "--env-file":
+            i += 2
+            continue
+        if not word.startswith("-"):
+            return i
+        i += 1
+    return None
 
 
 def _run(flags: Sequence[str], ns: argparse.Namespace, env: Mapping[str, str]) -> int:

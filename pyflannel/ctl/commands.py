@@ -15,7 +15,7 @@ import time
 
 from pyflannel.backend import load_backend
 from pyflannel.core import subnetenv
-from pyflannel.ctl import report
+from pyflannel.ctl import kernel, report
 from pyflannel.ctl.store import locate
 from pyflannel.errors import ConfigError, RegistryError
 from pyflannel.files import read_text_or_none
@@ -197,10 +197,12 @@ async def gather_facts(options: Options) -> report.HostFacts:
 
 
 def _parse_stored(text: str | None, where: str) -> tuple[NetworkConfig | None, str | None]:
+    """The config as the hosts read it; a backend pyflannel lacks is not a problem here
+    (the hosts may run flanneld), the kernel check just skips it."""
     if text is None:
         return None, f"no network config at {where}"
     try:
-        return check_config(text), None
+        return parse_config(text), None
     except ConfigError as exc:
         return None, f"the stored network config is rejected: {exc}"
 
@@ -208,5 +210,9 @@ def _parse_stored(text: str | None, where: str) -> tuple[NetworkConfig | None, s
 async def _kernel_findings(
     facts: report.HostFacts, verdict: report.Status
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Kernel comparison: (summary lines, problems)."""
-    return (), ()
+    """Kernel comparison (summary lines, problems), once the lease and config are known."""
+    if facts.config is None or verdict.own is None or facts.subnet_env is None:
+        return (), ()
+    mtu_text = facts.subnet_env.get("FLANNEL_MTU", "")
+    mtu = int(mtu_text) if mtu_text.isdigit() else None
+    return await kernel.kernel_findings(facts.config, verdict.own, verdict.peers, mtu)

@@ -91,7 +91,8 @@ def _flag_table_lines() -> Iterator[str]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Table-cell text: pipes escaped, and ``<prefix>`` kept from reading as HTML."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def splice(document: str, table: str) -> str:

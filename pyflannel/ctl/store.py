@@ -154,7 +154,9 @@ async def locate(options: Options) -> Located:
         note = "found in the etcd v2 store (flanneld <= v0.17 and --etcd-api=v2 read it there)"
         return Located(v2_store, v2_text, note)
     await v2_store.close()
-    return Located(v3.store, None, "no config in either store yet: using the etcd v3 API")
+    return Located(
+        v3.store, None, "no network config in etcd yet (v3 or v2 store): writing it with the v3 API"
+    )
 
 
 async def _read_into(store: ConfigStore) -> Located:

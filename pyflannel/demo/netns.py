@@ -93,7 +93,10 @@ class State:
         return cls(path, list(data.get("namespaces", [])), procs)
 
     def save(self) -> None:
-        data = {"namespaces": self.namespaces, "processes": [dataclasses.asdict(p) for p in self.processes]}
+        data = {
+            "namespaces": self.namespaces,
+            "processes": [dataclasses.asdict(p) for p in self.processes],
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(self.path)
@@ -150,13 +153,27 @@ class State:
             return False  # gone, or the PID now belongs to another process
         if popen is not None and popen.poll() is not None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        _signal(proc.pid, signal.SIGTERM)
         if not _wait_gone(proc, popen, 5.0):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _signal(proc.pid, signal.SIGKILL)
             _wait_gone(proc, popen, 5.0)
         return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Signal the process's group when it leads one (helpers it forked go too)."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def processes_in(ns: str) -> list[Proc]:
+    """The processes running in namespace ``ns`` (for ``--down`` without a state file)."""
+    pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
+    found = [(int(pid), start_time(int(pid))) for pid in pids if pid.isdigit()]
+    return [Proc(f"pid {pid} in {ns}", pid, started) for pid, started in found if started]
 
 
 def _wait_gone(proc: Proc, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:

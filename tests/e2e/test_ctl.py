@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,65 @@ def check_status(
         ctl(*flags, f"--subnet-file={daemon.subnet_file}", "status", "--json", ns=ns).stdout
     )
     assert report["ok"] is True and report["lease"]["subnet"] == subnet
+
+
+VXLAN_CONFIG = '{"Network":"10.8.0.0/16","Backend":{"Type":"vxlan"}}'
+
+
+@pytest.mark.e2e
+def test_status_names_each_difference_between_kernel_and_leases(
+    cluster: tuple[Topology, EtcdServer], tmp_path: Path
+) -> None:
+    topo, server = cluster
+    flags = (f"--etcd-endpoints={server.endpoints}", "--iface=eth0")
+    h1, h2 = topo.hosts[:2]
+    assert ctl(*flags, "config", "set", "-", ns=h1.ns, stdin=VXLAN_CONFIG).returncode == 0
+    daemons = [start_daemon(h, tmp_path / f"h{i}", *flags) for i, h in enumerate((h1, h2))]
+    peer_net = daemons[1].wait_ready()["FLANNEL_SUBNET"].replace(".1/24", ".0")
+    wait_for(lambda: f"{peer_net}/24 via" in h1.ns.ip("route").stdout)
+    status = [*flags, f"--subnet-file={daemons[0].subnet_file}", "status"]
+
+    healthy = ctl(*status, ns=h1.ns)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "kernel: flannel.1 up, mtu 1450, " in healthy.stdout
+    assert "1 route, 1 neighbour, 1 FDB entry as the leases call for" in healthy.stdout
+
+    # With the daemon stopped (its entries stay), the kernel drifts from the leases.
+    assert daemons[0].stop() == 0
+    lease = json.loads(
+        server.etcdctl("get", "--print-value-only", f"{PREFIX}/subnets/{peer_net}-24").stdout
+    )
+    mac = lease["BackendData"]["VtepMAC"]
+    fake = (
+        '{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:42"}}'
+    )
+    server.etcdctl("put", f"{PREFIX}/subnets/10.8.200.0-24", fake)
+    h1.ns.run("bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", h2.ip, "self")
+    wrong = ("lladdr", "02:00:00:00:00:99", "dev", "flannel.1", "nud", "permanent")
+    h1.ns.ip("neigh", "replace", peer_net, *wrong)
+    h1.ns.ip("route", "add", "10.8.250.0/24", "via", "10.8.250.0", "dev", "flannel.1", "onlink")
+    h1.ns.ip("link", "set", "flannel.1", "mtu", "1400")
+
+    drifted = ctl(*status, ns=h1.ns)
+    assert drifted.returncode == 1
+    problems = drifted.stdout.split("problems (", 1)[1]
+    for expected in (
+        "device flannel.1 has MTU 1400 but subnet.env says 1450",
+        f"missing FDB entry {mac} dst {h2.ip} dev flannel.1",
+        f"wrong neighbour {peer_net} lladdr 02:00:00:00:00:99 dev flannel.1: the leases call"
+        f" for neighbour {peer_net} lladdr {mac} dev flannel.1",
+        "stale route 10.8.250.0/24 via 10.8.250.0 dev flannel.1 onlink: no lease calls for it",
+        "missing route 10.8.200.0/24 via 10.8.200.0 dev flannel.1 onlink",
+        "missing neighbour 10.8.200.0 lladdr 02:00:00:00:00:42 dev flannel.1",
+        "missing FDB entry 02:00:00:00:00:42 dst 198.51.100.99 dev flannel.1",
+    ):
+        assert f"  - {expected}\n" in problems, drifted.stdout
+    assert problems.startswith("7):"), drifted.stdout
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)

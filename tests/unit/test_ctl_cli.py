@@ -106,3 +106,9 @@ def test_every_flag_variable_and_config_key_is_documented() -> None:
     keys = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "Type", "VNI", "Port")
     for key in (*keys, "GBP", "DirectRouting", "EnableIPv4", "EnableIPv6", "EnableNFTables"):
         assert re.search(rf"\| `{key}`", document), key
+
+
+def test_links_between_the_documents_resolve() -> None:
+    for doc in (ROOT / "docs").glob("*.md"):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"

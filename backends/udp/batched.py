@@ -1,0 +1,290 @@
+"""The batched data path: many packets per system call, one per datagram on the wire.
+
+The plain path (:class:`~pyflannel.backends.udp.proxy.DataPath`) pays one system call,
+and one trip through the kernel's network stack, per packet; that, not Python, is what
+bounds it. Here, with the TUN opened with a virtio-net header and TCP segmentation
+offload, and the socket with ``UDP_SEGMENT`` and ``UDP_GRO``:
+
+* TUN → UDP: one read returns a whole TCP super-packet (up to 64 KiB), which is cut into
+  MSS-sized segments with valid checksums (:func:`.offload.segment_tcp4`) and leaves in
+  one ``UDP_SEGMENT`` send: the kernel turns it into one datagram per segment, exactly
+  flanneld's wire format. Other packets for the same peer and of equal size are gathered
+  in place and leave together the same way.
+* UDP → TUN: one ``UDP_GRO`` receive returns many datagrams from one sender; the head of
+  every run of one TCP flow is checked like on the plain path, the run is merged back
+  into one super-packet (:func:`.offload.coalesce_runs`, :func:`.offload.merge_headers`)
+  and written to the TUN at once; anything else is written packet by packet.
+
+Peers need none of this: a peer running flanneld receives ordinary datagrams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.backends.udp.offload import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    coalesce_runs,
+    complete_checksum,
+    merge_headers,
+    segment_tcp4,
+    segmented_size,
+)
+from pyflannel.backends.udp.packet import (
+    Verdict,
+    check_inbound,
+    check_outbound,
+    decrement_ttl,
+    destination,
+)
+from pyflannel.backends.udp.proxy import BUDGET, BUFFER_SIZE, DataPath
+from pyflannel.backends.udp.routes import RouteTable
+from pyflannel.backends.udp.tun import Tun
+
+logger = logging.getLogger(__name__)
+
+UDP_SEGMENT = 103  # SOL_UDP options (linux/udp.h); Python does not name them
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS before Linux 6.9 (128 since)
+GSO_MAX_BYTES = 65507  # the most one IPv4 UDP send may carry, segmented or not
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+
+
+def enable_socket_offloads(sock: socket.socket) -> tuple[bool, bool]:
+    """Turn on ``UDP_GRO`` and probe ``UDP_SEGMENT``; returns what the kernel supports."""
+    try:
+        sock.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 0)  # 0: no default segment size
+        gso = True
+    except OSError:
+        gso = False
+    try:
+        sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+        gro = True
+    except OSError:
+        gro = False
+    return gso, gro
+
+
+def _gro_size(ancillary: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return 0
+
+
+class BatchedPath(DataPath):
+    """Many packets per system call, one inner packet per datagram on the wire.
+
+    TUN → UDP: frames carry a virtio-net header; a TCP super-packet is cut into segments
+    (:func:`~pyflannel.backends.udp.offload.segment_tcp4`) and other packets for the same
+    peer and of the same size are gathered; each group leaves with one ``UDP_SEGMENT``
+    send. UDP → TUN: one ``UDP_GRO`` receive returns many datagrams of one sender; each
+    is checked like on the plain path, and runs of one TCP flow are merged back into a
+    super-packet for one TUN write.
+    """
+
+    def __init__(
+        self,
+        tun: Tun,
+        sock: socket.socket,
+        *,
+        subnet: IPv4Network,
+        routes: RouteTable,
+        accept_unknown: bool = False,
+        icmp_source: IPv4Address | None = None,
+        gso: bool = True,
+    ) -> None:
+        super().__init__(
+            tun,
+            sock,
+            subnet=subnet,
+            routes=routes,
+            accept_unknown=accept_unknown,
+            icmp_source=icmp_source,
+        )
+        self._gso = gso
+        self._vnet = bytearray(VNET_HDR_LEN)
+        self._batch_view = memoryview(bytearray(GSO_MAX_BYTES + BUFFER_SIZE))
+        self._segments = memoryview(bytearray(BUFFER_SIZE * 2))
+        self._fill = 0  # bytes gathered in _batch, all for _hop
+        self._count = 0
+        self._size = 0  # the segment size of the gathered packets
+        self._closed = False  # a shorter, final segment has been gathered
+        self._hop: tuple[str, int] | None = None
+
+    def _from_tun(self) -> None:
+        """Read frames straight into the gathering buffer, behind what is gathered."""
+        header = self._vnet
+        view = self._batch_view
+        try:
+            for _ in range(BUDGET):
+                fill = self._fill
+                try:
+                    size = os.readv(self._tun.fd, [header, view[fill : fill + BUFFER_SIZE]])
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    self.counters.error(Verdict.UNSUPPORTED, exc)
+                    return
+                if size > VNET_HDR_LEN:
+                    self._frame_out(view[fill : fill + size - VNET_HDR_LEN])
+        finally:
+            self._flush()
+
+    def _frame_out(self, pkt: memoryview) -> None:
+        verdict = check_outbound(pkt)
+        if verdict:
+            self.counters.drop(verdict)
+            return
+        hop = self.routes.lookup(destination(pkt))
+        if hop is None:
+            self._unreachable(pkt)
+            return
+        flags, gso_type, _hlen, gso_size, csum_start, csum_offset = VNET_HDR.unpack(self._vnet)
+        decrement_ttl(pkt)
+        if gso_type == GSO_NONE:
+            if flags & F_NEEDS_CSUM:
+                complete_checksum(pkt, csum_start, csum_offset)
+            self._gather(len(pkt), hop)
+        elif gso_type & ~GSO_ECN == GSO_TCPV4 and gso_size:
+            self._flush()
+            self._segment(pkt, gso_size, hop)
+        else:
+            self.counters.drop(Verdict.UNSUPPORTED)
+
+    def _gather(self, size: int, hop: tuple[str, int]) -> None:
+        """Add the packet just read (at the gathering offset) to the batch."""
+        if self._count and (
+            hop != self._hop
+            or size > self._size
+            or self._closed
+            or self._count >= GSO_MAX_SEGMENTS
+            or self._fill + size > GSO_MAX_BYTES
+        ):
+            fill = self._fill
+            self._flush()
+            self._batch_view[:size] = bytes(self._batch_view[fill : fill + size])
+        if not self._count:
+            self._hop = hop
+            self._size = size
+        self._fill += size
+        self._count += 1
+        self._closed = size < self._size
+        if not self._gso:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._count and self._hop is not None:
+            self._send_run(self._batch_view[: self._fill], self._size, self._hop)
+        self._fill = self._count = 0
+        self._closed = False
+
+    def _segment(self, pkt: memoryview, mss: int, hop: tuple[str, int]) -> None:
+        ihl = (pkt[0] & 0x0F) << 2
+        hlen = ihl + ((pkt[ihl + 12] >> 4) << 2)
+        out = self._segments
+        if len(pkt) <= hlen or segmented_size(len(pkt) - hlen, mss, hlen) > len(out):
+            self.counters.drop(Verdict.UNSUPPORTED)
+            return
+        size, written = segment_tcp4(pkt, mss, out)
+        self._send_run(out[:written], size, hop)
+
+    def _send_run(self, data: memoryview, size: int, hop: tuple[str, int]) -> None:
+        """Send packets of ``size`` bytes laid end to end (the last may be shorter)."""
+        per_send = size * min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size) if self._gso else size
+        for start in range(0, len(data), per_send):
+            chunk = data[start : start + per_send]
+            count = -(-len(chunk) // size)
+            try:
+                if count == 1:
+                    self._sock.sendto(chunk, hop)
+                else:
+                    option = [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+                    self._sock.sendmsg([chunk], option, 0, hop)
+            except BlockingIOError:
+                self.counters.drops[Verdict.SEND_FAILED] += count
+                continue
+            except OSError as exc:
+                self.counters.error(Verdict.SEND_FAILED, exc)
+                continue
+            self.counters.tx_packets += count
+            self.counters.tx_sends += 1
+            self.counters.tx_bytes += len(chunk)
+
+    def _from_udp(self) -> None:
+        view = memoryview(self._in)
+        buffers = [self._in]
+        for _ in range(BUDGET):
+            try:
+                size, ancillary, _flags, (source, _port) = self._sock.recvmsg_into(
+                    buffers, GRO_CMSG_SPACE
+                )
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.counters.error(Verdict.UNSUPPORTED, exc)
+                return
+            segment = _gro_size(ancillary) or size
+            if not self._accept_unknown and not self.routes.holds_lease(source):
+                self.counters.drops[Verdict.UNKNOWN_PEER] += -(-size // segment)
+                continue
+            self._deliver(view[:size], segment)
+
+    def _deliver(self, data: memoryview, segment: int) -> None:
+        """Check and write the packets of one receive, merging runs of one TCP flow.
+
+        The head of a run is checked in full; the rest share its headers (the merge
+        rules compare them), and their own headers are dropped in the merge.
+        """
+        packets = [data[start : start + segment] for start in range(0, len(data), segment)]
+        for first, count in coalesce_runs(packets):
+            head = packets[first]
+            verdict = check_inbound(head, self._network, self._netmask)
+            if verdict:
+                self.counters.drops[verdict] += count
+            elif count == 1:
+                decrement_ttl(head)
+                self._write_frame([ZERO_VNET_HDR, head], 1)
+            else:
+                self._write_merged(packets[first : first + count])
+
+    def _write_merged(self, run: list[memoryview]) -> None:
+        head = run[0]
+        hlen = 20 + ((head[32] >> 4) << 2)
+        total = len(head) + sum(len(pkt) - hlen for pkt in run[1:])
+        head[8] -= 1  # the TTL; merge_headers recomputes the header checksum
+        vnet = merge_headers(head, total, run[-1][33], len(head) - hlen)
+        header = bytearray(VNET_HDR_LEN)
+        vnet.pack_into(header)
+        self._write_frame([header, head, *(pkt[hlen:] for pkt in run[1:])], len(run))
+
+    def _write_frame(self, parts: list[bytes | bytearray | memoryview], count: int) -> None:
+        try:
+            size = os.writev(self._tun.fd, parts)
+        except BlockingIOError:
+            self.counters.drops[Verdict.SEND_FAILED] += count
+            return
+        except OSError as exc:
+            self.counters.error(Verdict.SEND_FAILED, exc)
+            return
+        self.counters.rx_packets += count
+        self.counters.rx_writes += 1
+        self.counters.rx_bytes += size - VNET_HDR_LEN
+
+    def _write_tun(self, pkt: bytes | memoryview) -> bool:
+        try:
+            os.writev(self._tun.fd, [ZERO_VNET_HDR, pkt])
+        except OSError as exc:
+            self.counters.error(Verdict.SEND_FAILED, exc)
+            return False
+        return True
