@@ -36,6 +36,7 @@ import base64
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -138,15 +139,15 @@ class Counter:
     def take(self, data: memoryview) -> None:
         for msg in rtnl.messages(data):
             if msg.msg_type in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
-                route = rtnl.parse_route(data, msg)
+                route = rtnl.parse_route(data, msg.start, msg.end)
                 if route is not None and route.onlink:
                     _update(self.routes, route.dst, msg.msg_type == rtnl.RTM_DELROUTE)
             elif msg.msg_type in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
                 deleted = msg.msg_type == rtnl.RTM_DELNEIGH
-                neighbour = rtnl.parse_neighbour(data, msg)
+                neighbour = rtnl.parse_neighbour(data, msg.start, msg.end)
                 if neighbour is not None and neighbour.permanent:
                     _update(self.neighbours, neighbour.ip, deleted)
-                fdb = rtnl.parse_fdb(data, msg)
+                fdb = rtnl.parse_fdb(data, msg.start, msg.end)
                 if fdb is not None:
                     _update(self.fdb, fdb.mac, deleted)
         self.last = time.monotonic()
@@ -259,6 +260,11 @@ async def phase_a(
     return daemon, counter
 
 
+def backend_passes(daemon: Daemon) -> list[float]:
+    """Durations of the backend's passes that changed something, from the daemon's log."""
+    return [float(m) for m in re.findall(r"kernel programmed in ([0-9.]+) s", daemon.log())]
+
+
 async def lease_ids(etcd: Etcd, n: int, shared: bool) -> list[str]:
     if shared:
         return (await etcd.grants(1)) * n
@@ -272,13 +278,32 @@ async def phase_b(
     items = peer_leases(n, PHASE_B)
     ids = await lease_ids(etcd, n, shared)
     cpu0 = cpu_seconds(daemon.proc.pid)
+    passes_before = len(backend_passes(daemon))
     first = time.monotonic()
     await etcd.put_all(items, ids)
     last = time.monotonic()
     done = await wait_count(counter, 2 * n, timeout=120)
+    await asyncio.sleep(0.1)  # let the log line of the last pass arrive
+    passes = backend_passes(daemon)[passes_before:]
     report.add(f"phase B: burst of {n} writes, first -> last", f"{last - first:.3f} s")
     report.add("phase B: last write -> all programmed", f"{max(0.0, done - last) * 1000:.1f} ms")
     report.add("phase B: daemon CPU", f"{cpu_seconds(daemon.proc.pid) - cpu0:.2f} s")
+    if passes:
+        report.add(
+            "phase B: backend passes (count, sum, last)",
+            f"{len(passes)}, {sum(passes) * 1000:.0f} ms, {passes[-1] * 1000:.0f} ms",
+        )
+
+
+async def single(etcd: Etcd, n: int, counter: Counter, report: Report) -> None:
+    """One more peer while idle: the latency of the whole path, etcd to kernel."""
+    key, value = peer_leases(2 * n + 1, PHASE_A)[-1]
+    lease = (await etcd.grants(1))[0]
+    await asyncio.sleep(0.5)
+    written = time.monotonic()
+    await etcd.put_all([(key, value)], [lease])
+    done = await wait_count(counter, 2 * n + 1, timeout=30)
+    report.add("one more peer: write -> programmed", f"{(done - written) * 1000:.1f} ms")
 
 
 async def idle(daemon: Daemon, seconds: float, n: int, report: Report) -> None:
@@ -291,8 +316,8 @@ async def idle(daemon: Daemon, seconds: float, n: int, report: Report) -> None:
     report.add("end: RSS / peak", f"{rss:.1f} MB / {hwm:.1f} MB")
     counts = await kernel_counts()
     report.add("kernel: routes, neighbours, FDB entries", ", ".join(map(str, counts)))
-    if counts != (2 * n,) * 3:
-        raise RuntimeError(f"expected {2 * n} of each, found {counts}")
+    if counts != (2 * n + 1,) * 3:
+        raise RuntimeError(f"expected {2 * n + 1} of each, found {counts}")
 
 
 async def measure(n: int, host: Host, work: Path, args: argparse.Namespace) -> Report:
@@ -306,6 +331,7 @@ async def measure(n: int, host: Host, work: Path, args: argparse.Namespace) -> R
         )
         try:
             await phase_b(etcd, n, daemon, counter, shared=args.shared_lease, report=report)
+            await single(etcd, n, counter, report)
             await idle(daemon, args.idle, n, report)
         finally:
             daemon.stop()

@@ -24,13 +24,16 @@ Backend options (``"Backend": {"Type": "udp", ...}``; names match case-insensiti
 ``Port`` (integer, default 8285)
     The UDP port to listen on and to send to.
 ``AcceptUnknownPeers`` (boolean, default false)
-    flanneld writes every datagram that reaches its port into the TUN. pyflannel by
-    default drops, and counts, datagrams whose source address is not the ``PublicIP`` of
-    any lease, and datagrams that are not one well-formed IPv4 packet for its own subnet
-    (too short, not IPv4, bad header or total length, bad header checksum, TTL expiring,
-    destination outside the subnet). Set this to true to accept datagrams from any
-    source address again, e.g. when peers sit behind a NAT that rewrites their source
-    address to something other than their advertised public IP. The packet checks stay.
+    flanneld writes every datagram that reaches its port into the TUN, so anyone who can
+    reach that port can inject packets into the overlay. pyflannel by default drops, and
+    counts, datagrams whose source address is not the ``PublicIP`` of any lease, and
+    datagrams that are not one well-formed IPv4 packet for its own subnet (too short,
+    not IPv4, bad header or total length, bad header checksum, TTL expiring, destination
+    outside the subnet). Set this to true to accept datagrams from any source address,
+    as flanneld does, when a peer's datagrams do not come from its advertised public IP:
+    a NAT between the hosts that rewrites source addresses, or a host started with a
+    ``--public-ip`` other than the address of its ``--iface`` (datagrams leave from the
+    interface address). The packet checks stay on either way.
 ``Offload`` (boolean, default true)
     Move many packets per system call: TCP segmentation offload on the TUN device,
     ``UDP_SEGMENT`` to send and ``UDP_GRO`` to receive. Each datagram on the wire still
@@ -38,7 +41,8 @@ Backend options (``"Backend": {"Type": "udp", ...}``; names match case-insensiti
     When the kernel lacks a feature, the plain path (one packet per system call) is used.
     Set to false to force the plain path.
 
-Drop counters are logged at DEBUG every minute while they change, and at shutdown.
+Counters (packets and bytes each way, the system calls that moved them, drops by
+reason) are logged at DEBUG every minute while they change, and at shutdown.
 """
 
 from __future__ import annotations
@@ -142,7 +146,7 @@ class UdpBackend:
         path = BatchedPath if self._tun.vnet_hdr else DataPath
         self._path = path(
             self._tun, self._sock, subnet=own.subnet, routes=routes,
-            accept_unknown=self._accept_unknown, icmp_source=icmp_source(network, own.subnet),
+            accept_unknown=self._accept_unknown, icmp_source=icmp_source(network),
         )  # fmt: skip
         self._path.start()
         try:

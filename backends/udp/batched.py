@@ -20,6 +20,7 @@ Peers need none of this: a peer running flanneld receives ordinary datagrams.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -88,9 +89,9 @@ class BatchedPath(DataPath):
     TUN → UDP: frames carry a virtio-net header; a TCP super-packet is cut into segments
     (:func:`~pyflannel.backends.udp.offload.segment_tcp4`) and other packets for the same
     peer and of the same size are gathered; each group leaves with one ``UDP_SEGMENT``
-    send. UDP → TUN: one ``UDP_GRO`` receive returns many datagrams of one sender; each
-    is checked like on the plain path, and runs of one TCP flow are merged back into a
-    super-packet for one TUN write.
+    send. UDP → TUN: one ``UDP_GRO`` receive returns many datagrams of one sender, which
+    are cut into runs of one TCP flow; the head of each run is checked like a packet on
+    the plain path, and the run is merged back into a super-packet for one TUN write.
     """
 
     def __init__(
@@ -102,7 +103,6 @@ class BatchedPath(DataPath):
         routes: RouteTable,
         accept_unknown: bool = False,
         icmp_source: IPv4Address | None = None,
-        gso: bool = True,
     ) -> None:
         super().__init__(
             tun,
@@ -112,7 +112,6 @@ class BatchedPath(DataPath):
             accept_unknown=accept_unknown,
             icmp_source=icmp_source,
         )
-        self._gso = gso
         self._vnet = bytearray(VNET_HDR_LEN)
         self._batch_view = memoryview(bytearray(GSO_MAX_BYTES + BUFFER_SIZE))
         self._segments = memoryview(bytearray(BUFFER_SIZE * 2))
@@ -180,8 +179,6 @@ class BatchedPath(DataPath):
         self._fill += size
         self._count += 1
         self._closed = size < self._size
-        if not self._gso:
-            self._flush()
 
     def _flush(self) -> None:
         if self._count and self._hop is not None:
@@ -201,25 +198,45 @@ class BatchedPath(DataPath):
 
     def _send_run(self, data: memoryview, size: int, hop: tuple[str, int]) -> None:
         """Send packets of ``size`` bytes laid end to end (the last may be shorter)."""
-        per_send = size * min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size) if self._gso else size
+        per_send = size * min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
         for start in range(0, len(data), per_send):
             chunk = data[start : start + per_send]
-            count = -(-len(chunk) // size)
-            try:
-                if count == 1:
-                    self._sock.sendto(chunk, hop)
-                else:
-                    option = [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
-                    self._sock.sendmsg([chunk], option, 0, hop)
-            except BlockingIOError:
-                self.counters.drops[Verdict.SEND_FAILED] += count
+            if len(chunk) <= size:
+                self._send(chunk, hop, 1, None)
                 continue
-            except OSError as exc:
-                self.counters.error(Verdict.SEND_FAILED, exc)
-                continue
-            self.counters.tx_packets += count
-            self.counters.tx_sends += 1
-            self.counters.tx_bytes += len(chunk)
+            option = [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+            if not self._send(chunk, hop, -(-len(chunk) // size), option):
+                # The kernel refused the batch (say the path MTU shrank below the segment
+                # size): send packet by packet, which it may still fragment.
+                for one in range(0, len(chunk), size):
+                    self._send(chunk[one : one + size], hop, 1, None)
+
+    def _send(
+        self,
+        data: memoryview,
+        hop: tuple[str, int],
+        count: int,
+        option: list[tuple[int, int, bytes]] | None,
+    ) -> bool:
+        """One send of ``count`` packets; False only when a segmented send was refused."""
+        try:
+            if option is None:
+                self._sock.sendto(data, hop)
+            else:
+                self._sock.sendmsg([data], option, 0, hop)
+        except BlockingIOError:
+            self.counters.drops[Verdict.SEND_FAILED] += count
+            return True
+        except OSError as exc:
+            if option is not None and exc.errno in (errno.EINVAL, errno.EMSGSIZE):
+                return False
+            self.counters.error(Verdict.SEND_FAILED, exc)
+            self.counters.drops[Verdict.SEND_FAILED] += count - 1
+            return True
+        self.counters.tx_packets += count
+        self.counters.tx_sends += 1
+        self.counters.tx_bytes += len(data)
+        return True
 
     def _from_udp(self) -> None:
         view = memoryview(self._in)

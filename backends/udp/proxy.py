@@ -242,17 +242,16 @@ class DataPath:
         return True
 
 
-def icmp_source(network: IPv4Network, subnet: IPv4Network) -> IPv4Address:
+def icmp_source(network: IPv4Network) -> IPv4Address:
     """The source address of the ICMP errors the data path writes into the TUN.
 
     flanneld uses the own subnet's network address, which is the TUN's own address, so
     the kernel discards every one of them as a martian (a packet arriving from outside
     with a local source address). The flannel Network's own address is used instead: no
-    host holds it (subnet allocation starts after the first subnet), and the reverse path
-    to it is the TUN. Only when that address lies in our own subnet is flanneld's kept.
+    host holds it (subnet allocation starts after the first subnet) and the reverse path
+    to it is the TUN. Only a host that leased the first subnet (a ``SubnetMin`` at the
+    start of the Network) is back to flanneld's case.
     """
-    if network.network_address in subnet:
-        return subnet.network_address
     return network.network_address
 
 

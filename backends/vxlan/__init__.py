@@ -6,17 +6,20 @@ Design notes
   its MAC in the lease's BackendData, with or without ``VNI`` according to the
   registry's lease format. ``run()`` gives the device our subnet's address.
 - The kernel state is a pure function of the own lease, the peer leases and the
-  options (:mod:`.desired`). One pass reads what the kernel holds on our device
-  (and our DirectRouting routes, found by their route protocol), diffs, and applies
-  the difference in a few batched netlink writes (:mod:`pyflannel.netlink.applier`).
+  options (:mod:`.desired`), computed anew for every pass (a memo keeps each
+  unchanged lease's entries). The applier (:mod:`pyflannel.netlink.applier`) diffs
+  it with what the kernel holds on our device (and our DirectRouting routes, found
+  by their route protocol) and applies the difference in a few batched writes.
 - Passes run when the peer set changes (the feed always carries the complete set,
-  so a burst of lease writes is one pass), when netlink reports a deletion on our
-  device or of our routes, and every ``RESYNC_PERIOD`` seconds. So entries deleted
-  by hand come back, entries of peers that left while we were down go at start-up,
-  and a peer's changed VtepMAC leaves no stale FDB entry (an FDB entry is keyed by
-  MAC, so the old one is simply not desired any more).
-- Each pass first checks the device; one that vanished or was changed is recreated
-  with the MAC our lease advertises, and everything is re-applied.
+  so a burst of lease writes costs a pass or two), when netlink reports a deletion
+  on our device or of our routes, and every ``RESYNC_PERIOD`` seconds. So entries
+  deleted by hand come back, entries of peers that left while we were down go at
+  start-up, and a peer's changed VtepMAC leaves no stale FDB entry (an FDB entry is
+  keyed by MAC, so the old one is simply not desired any more).
+- A pass for a lease update diffs against what the previous pass left; a *full*
+  pass (periodic, after a netlink notice or a failure) first checks the device,
+  recreating one that vanished or was changed with the MAC our lease advertises,
+  and reads every entry back from the kernel.
 - The first pass waits for the first peer update, so a restart never removes the
   entries of peers that are still there.
 - Nothing is removed on shutdown (as flanneld): traffic flows while we restart.
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Network
 
 from pyflannel.backend import BackendContext, PeerUpdate, Prepared
@@ -34,8 +37,10 @@ from pyflannel.backends.vxlan.desired import (
     BACKEND_TYPE,
     Desired,
     Links,
+    PeerResult,
     backend_data,
     desired_state,
+    peer_entries,
 )
 from pyflannel.backends.vxlan.device import (
     DeviceSpec,
@@ -74,6 +79,8 @@ class VxlanBackend:
         self._link: LinkState | None = None
         self._own: Lease | None = None
         self._peers: tuple[Lease, ...] = ()
+        self._links: Links | None = None
+        self._memo = PeerMemo()
         self._warned: set[tuple[IPv4Network, str]] = set()
         self._foreign: set[IPv4Network] = set()
 
@@ -113,18 +120,33 @@ class VxlanBackend:
         return self._link
 
     async def _sync(self) -> None:
-        """One pass: check the device, compute the desired state, reconcile."""
+        """One pass: check the device (on a full pass), compute the desired state, apply.
+
+        A pass for a lease update trusts the device and the entries the previous pass
+        left; a full pass (periodic, or after netlink reported a deletion) checks both.
+        """
         own = self._own
         if own is None:
             return
-        link = await self._checked_device(own)
+        full = self._loop.full
+        link = await self._checked_device(own) if full or self._links is None else self._link
+        if link is None:
+            return
+        if full or self._links is None:
+            self._links = await self._read_links(link)
+        entries_of = self._memo.function(own, self._links, self._settings.direct_routing)
         desired = desired_state(
-            own, self._peers, await self._links(link), direct_routing=self._settings.direct_routing
+            own,
+            self._peers,
+            self._links,
+            direct_routing=self._settings.direct_routing,
+            entries_of=entries_of,
         )
         self._report(desired)
-        outcome = await self._reconciler.reconcile(desired.state, self._scope(link))
+        outcome = await self._reconciler.reconcile(desired.state, self._scope(link), refresh=full)
         if outcome.device_gone:
-            self._loop.poke()
+            self._links = None
+            self._loop.poke(full=True)
 
     async def _checked_device(self, own: Lease) -> LinkState:
         """The device, recreated and reconfigured if it vanished or was changed."""
@@ -147,7 +169,7 @@ class VxlanBackend:
             and incompatibility(current, self._spec) is None
         )
 
-    async def _links(self, link: LinkState) -> Links:
+    async def _read_links(self, link: LinkState) -> Links:
         connected: tuple[IPv4Network, ...] = ()
         if self._settings.direct_routing:
             addresses = await self._ops.addresses(self._ctx.iface.index)
@@ -177,7 +199,7 @@ class VxlanBackend:
         """Poke the loop when a netlink notice may concern our entries."""
         async for notices in monitor.notices():
             if notices is None or any(self._concerns(notice) for notice in notices):
-                self._loop.poke(NOTICE_DELAY)
+                self._loop.poke(NOTICE_DELAY, full=True)
 
     def _concerns(self, notice: Notice) -> bool:
         link = self._link
@@ -189,3 +211,36 @@ class VxlanBackend:
             ours = notice.ifindex == link.index or notice.proto == RTPROT_PYFLANNEL
             return notice.table == MAIN_TABLE and ours
         return notice.ifindex == link.index
+
+
+class PeerMemo:
+    """:func:`peer_entries` remembered per lease object, while its other inputs stay.
+
+    The lease table hands over the same ``Lease`` objects until a lease changes, so
+    a pass over thousands of peers parses only the new or changed ones. Entries are
+    keyed by ``id()`` and checked by identity (the lease is kept alive with them).
+    """
+
+    def __init__(self) -> None:
+        self._inputs: tuple[Lease, Links, bool] | None = None
+        self._cache: dict[int, tuple[Lease, PeerResult]] = {}
+
+    def function(
+        self, own: Lease, links: Links, direct_routing: bool
+    ) -> Callable[[Lease], PeerResult]:
+        """The memoised function for one pass (forgets leases the pass does not ask for)."""
+        inputs = (own, links, direct_routing)
+        previous = self._cache if inputs == self._inputs else {}
+        self._inputs = inputs
+        self._cache = current = {}
+
+        def entries_of(lease: Lease) -> PeerResult:
+            hit = previous.get(id(lease))
+            if hit is not None and hit[0] is lease:
+                result = hit[1]
+            else:
+                result = peer_entries(lease, own, links, direct_routing=direct_routing)
+            current[id(lease)] = (lease, result)
+            return result
+
+        return entries_of

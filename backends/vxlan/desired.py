@@ -20,8 +20,9 @@ Rules of this file: pure code, no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -57,7 +58,7 @@ class Links:
     connected: tuple[IPv4Network, ...] = ()  # the external interface's subnets
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class SkippedPeer:
     """A vxlan peer lease that gets no entries, and why (logged once)."""
 
@@ -111,54 +112,108 @@ def peer_vtep_mac(lease: Lease) -> str:
     return parse_mac(value)
 
 
+@dataclass(frozen=True, slots=True)
+class PeerEntries:
+    """One peer's share of the state: three entries through the tunnel, or one route."""
+
+    subnet: IPv4Network
+    route: Route
+    neighbour: Neighbour | None = None
+    fdb: FdbEntry | None = None
+
+
+PeerResult = PeerEntries | SkippedPeer | None
+"""What one lease contributes: entries, a reason to skip it, or None (not vxlan)."""
+
+
+def peer_entries(lease: Lease, own: Lease, links: Links, *, direct_routing: bool) -> PeerResult:
+    """The entries for one peer lease, on its own (MAC clashes are settled by the caller)."""
+    if lease.attrs.backend_type != BACKEND_TYPE:
+        return None
+    subnet = lease.subnet
+    public_ip = lease.attrs.public_ip
+    if direct_routing and public_ip != own.attrs.public_ip and _on_link(public_ip, links):
+        route = Route(str(subnet), str(public_ip), links.uplink_index, proto=RTPROT_PYFLANNEL)
+        return PeerEntries(subnet, route)
+    try:
+        mac = peer_vtep_mac(lease)
+    except PeerDataError as exc:
+        return SkippedPeer(subnet, str(exc))
+    gateway = str(subnet.network_address)
+    return PeerEntries(
+        subnet,
+        Route(str(subnet), gateway, links.vxlan_index, onlink=True),
+        Neighbour(links.vxlan_index, gateway, mac),
+        FdbEntry(links.vxlan_index, mac, str(public_ip)),
+    )
+
+
 def desired_state(
-    own: Lease, peers: Iterable[Lease], links: Links, *, direct_routing: bool
+    own: Lease,
+    peers: Iterable[Lease],
+    links: Links,
+    *,
+    direct_routing: bool,
+    entries_of: Callable[[Lease], PeerResult] | None = None,
 ) -> Desired:
-    """Every route, neighbour and FDB entry the peers need (see the module docstring)."""
-    routes: set[Route] = set()
-    neighbours: set[Neighbour] = set()
-    fdb: set[FdbEntry] = set()
+    """Every route, neighbour and FDB entry the peers need (see the module docstring).
+
+    ``entries_of`` computes one peer's entries; by default :func:`peer_entries`. The
+    shell passes a memoised version, so a pass costs little for peers that did not
+    change; any function equal to ``peer_entries`` gives the same result.
+    """
+    entries_of = entries_of or partial(
+        peer_entries, own=own, links=links, direct_routing=direct_routing
+    )
+    own_dst = str(own.subnet)
+    chosen: dict[str, PeerEntries] = {}  # by route destination: one route per subnet
+    by_mac: dict[str, PeerEntries] = {}
     skipped: list[SkippedPeer] = []
     foreign: list[IPv4Network] = []
-    mac_owner: dict[str, IPv4Network] = {links.vxlan_mac: own.subnet}
-    for lease in sorted(peers, key=lambda lease: lease.subnet):
-        if lease.subnet == own.subnet:
-            continue
-        if lease.attrs.backend_type != BACKEND_TYPE:
-            foreign.append(lease.subnet)
-            continue
-        public_ip = lease.attrs.public_ip
-        if direct_routing and public_ip != own.attrs.public_ip and _on_link(public_ip, links):
-            routes.add(_direct_route(lease.subnet, public_ip, links.uplink_index))
-            continue
-        try:
-            mac = _claim_mac(lease, mac_owner, own.subnet)
-        except PeerDataError as exc:
-            skipped.append(SkippedPeer(lease.subnet, str(exc)))
-            continue
-        gateway = lease.subnet.network_address
-        neighbours.add(Neighbour(links.vxlan_index, gateway, mac))
-        fdb.add(FdbEntry(links.vxlan_index, mac, public_ip))
-        routes.add(Route(lease.subnet, gateway, links.vxlan_index, onlink=True))
-    state = KernelState(frozenset(routes), frozenset(neighbours), frozenset(fdb))
-    return Desired(state, tuple(skipped), tuple(foreign))
+    for lease in peers:
+        result = entries_of(lease)
+        if isinstance(result, PeerEntries):
+            if result.route.dst == own_dst:
+                continue
+            if result.fdb is None:
+                chosen[result.route.dst] = result
+            elif (loser := _claim(result, result.fdb.mac, by_mac, links.vxlan_mac)) is not None:
+                skipped.append(loser)
+        elif result is None:
+            if lease.subnet != own.subnet:
+                foreign.append(lease.subnet)
+        elif result.subnet != own.subnet:
+            skipped.append(result)
+    chosen.update((entries.route.dst, entries) for entries in by_mac.values())
+    return Desired(_state(chosen.values()), tuple(sorted(skipped)), tuple(sorted(foreign)))
 
 
-def _claim_mac(lease: Lease, mac_owner: dict[str, IPv4Network], own_subnet: IPv4Network) -> str:
-    """The peer's MAC, unless our device or an earlier peer (by subnet) already has it."""
-    mac = peer_vtep_mac(lease)
-    holder = mac_owner.setdefault(mac, lease.subnet)
-    if holder == own_subnet:
-        raise PeerDataError(f"VtepMAC {mac} is the MAC of this host's own VXLAN device")
-    if holder != lease.subnet:
-        raise PeerDataError(f"VtepMAC {mac} is already used by the lease for {holder}")
-    return mac
+def _claim(
+    entries: PeerEntries, mac: str, by_mac: dict[str, PeerEntries], own_mac: str
+) -> SkippedPeer | None:
+    """Give ``mac`` to the lower subnet; return the peer that loses it, if any."""
+    if mac == own_mac:
+        reason = f"VtepMAC {mac} is the MAC of this host's own VXLAN device"
+        return SkippedPeer(entries.subnet, reason)
+    holder = by_mac.setdefault(mac, entries)
+    if holder is entries:
+        return None
+    winner, loser = (holder, entries) if holder.subnet < entries.subnet else (entries, holder)
+    by_mac[mac] = winner
+    return SkippedPeer(
+        loser.subnet, f"VtepMAC {mac} is already used by the lease for {winner.subnet}"
+    )
+
+
+def _state(peers: Collection[PeerEntries]) -> KernelState:
+    tunnelled = [entries for entries in peers if entries.fdb is not None]
+    return KernelState(
+        frozenset(entries.route for entries in peers),
+        frozenset(entries.neighbour for entries in tunnelled if entries.neighbour is not None),
+        frozenset(entries.fdb for entries in tunnelled if entries.fdb is not None),
+    )
 
 
 def _on_link(addr: IPv4Address, links: Links) -> bool:
     """Whether ``addr`` is reachable without a router: inside a connected subnet."""
     return any(addr in net and net.prefixlen < 32 for net in links.connected)
-
-
-def _direct_route(subnet: IPv4Network, public_ip: IPv4Address, uplink_index: int) -> Route:
-    return Route(subnet, public_ip, uplink_index, proto=RTPROT_PYFLANNEL)

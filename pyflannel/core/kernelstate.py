@@ -4,6 +4,12 @@ A backend's desired-state function returns a :class:`KernelState`; the netlink
 applier reads the actual entries inside a :class:`Scope` into the same shape, and
 :func:`plan_changes` turns the two into one ordered list of :class:`Change`.
 
+Entries are named tuples of strings and integers, addresses in canonical dotted form
+(as ``str(IPv4Address)`` and ``inet_ntoa`` write them), rather than frozen dataclasses
+of ``ipaddress`` objects: a pass over 5000 peers builds, hashes and compares some
+30 000 of them, and a named tuple does that in C, measured 3 to 6 times faster here.
+They are just as immutable; compare them only with entries of the same kind.
+
 Identity follows the kernel's, so that one key never names two kernel objects:
 a main-table IPv4 route is ``(dst, metric)``, a neighbour ``(device, IP)``, a VXLAN
 FDB entry ``(device, MAC)``. Everything else (gateway, device, flags, protocol, MAC,
@@ -21,7 +27,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
 
 from pyflannel.core.reconcile import Plan, diff
 
@@ -35,41 +41,38 @@ lets the daemon find and clean exactly its routes there and nothing else. iprout
 reserves no name for 160; add ``160 pyflannel`` to /etc/iproute2/rt_protos to see one."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Route:
+class Route(NamedTuple):
     """An IPv4 unicast route in the main table."""
 
-    dst: IPv4Network
-    gateway: IPv4Address | None
+    dst: str  # "10.5.2.0/24"
+    gateway: str  # "10.5.2.0", or "" for a route without one
     oif: int
     onlink: bool = False
     proto: int = RTPROT_BOOT
     metric: int = 0
 
-    def key(self) -> tuple[IPv4Network, int]:
+    def key(self) -> tuple[str, int]:
         return (self.dst, self.metric)
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Neighbour:
+class Neighbour(NamedTuple):
     """An IPv4 neighbour (ARP) entry: ``ip`` is reached at link address ``mac``."""
 
     ifindex: int
-    ip: IPv4Address
-    mac: str  # lower-case colon hex
+    ip: str
+    mac: str  # lower-case colon hex ("" while unresolved)
     permanent: bool = True
 
-    def key(self) -> tuple[int, IPv4Address]:
+    def key(self) -> tuple[int, str]:
         return (self.ifindex, self.ip)
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class FdbEntry:
+class FdbEntry(NamedTuple):
     """A VXLAN forwarding entry: frames for ``mac`` are sent to the VTEP at ``dst``."""
 
     ifindex: int
     mac: str  # lower-case colon hex
-    dst: IPv4Address
+    dst: str  # the remote VTEP's IPv4 address
     permanent: bool = True
 
     def key(self) -> tuple[int, str]:

@@ -46,37 +46,44 @@ def diff(desired: Iterable[T], actual: Iterable[T], key: Callable[[T], Hashable]
 
     Entries are matched by ``key``. Per key: desired but absent → add; present but not
     desired → remove; present with other values → replace with the desired value.
-    When the actual side holds duplicates under one key, those that are not the
-    desired entry are removed (and if none of them is, the desired entry is added
-    after the removal). A desired side with duplicate keys is the caller's error.
+    When the actual side holds several entries under one key and none of them is the
+    desired one, they are all removed and the desired one is added. The caller
+    guarantees that desired entries have distinct keys (checked among the entries
+    that differ from the actual side, where a clash would do harm).
+
+    Equal entries are matched first, with set operations, so that a pass in which
+    little changed costs little more than hashing both sides once.
     """
+    want = desired if isinstance(desired, set | frozenset) else dict.fromkeys(desired)
+    have = actual if isinstance(actual, set | frozenset) else dict.fromkeys(actual)
+    missing = [entry for entry in want if entry not in have]
+    extra = [entry for entry in have if entry not in want]
+    if not missing and not extra:
+        return Plan()
+    return _match(missing, extra, key)
+
+
+def _match(missing: list[T], extra: list[T], key: Callable[[T], Hashable]) -> Plan[T]:
+    """Pair the desired entries the kernel lacks with the ones it has in excess."""
     wanted: dict[Hashable, T] = {}
-    for entry in desired:
+    for entry in missing:
+        if wanted.setdefault(key(entry), entry) != entry:
+            raise ValueError(f"two desired entries share the key {key(entry)!r}")
+    rivals: dict[Hashable, list[T]] = {}
+    remove: list[T] = []
+    for entry in extra:
         k = key(entry)
-        if k in wanted and wanted[k] != entry:
-            raise ValueError(f"two desired entries share the key {k!r}")
-        wanted[k] = entry
-    held: dict[Hashable, list[T]] = {}
-    for entry in actual:
-        held.setdefault(key(entry), []).append(entry)
+        if k in wanted:
+            rivals.setdefault(k, []).append(entry)
+        else:
+            remove.append(entry)
     add: list[T] = []
     replace: list[T] = []
-    remove: list[T] = []
     for k, entry in wanted.items():
-        present = held.get(k, [])
-        if not present:
-            add.append(entry)
-        elif entry in present:
-            remove.extend(other for other in present if other != entry)
-        elif len(present) == 1:
+        present = rivals.get(k, [])
+        if len(present) == 1:
             replace.append(entry)
         else:
             remove.extend(present)
             add.append(entry)
-    remove.extend(e for k, present in held.items() if k not in wanted for e in present)
-    return Plan(tuple(add), tuple(_dedupe(remove)), tuple(replace))
-
-
-def _dedupe(entries: list[T]) -> list[T]:
-    """Drop exact repeats (a dump may list one entry twice), keeping the first."""
-    return list(dict.fromkeys(entries))
+    return Plan(tuple(add), tuple(remove), tuple(replace))

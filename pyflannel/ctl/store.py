@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from pyflannel.errors import RegistryError
 from pyflannel.options import Options
+from pyflannel.registry.common import join_key
 from pyflannel.registry.etcd2conn import KEY_NOT_FOUND, Etcd2Connection
-from pyflannel.registry.etcd3 import join_key
 from pyflannel.registry.etcdconn import EtcdConnection, EtcdSettings
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ backend such as host-gw gives routes and a scope without devices.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import time
@@ -52,6 +51,7 @@ class Outcome:
     changes: tuple[Change, ...]
     failures: tuple[Failure, ...]
     seconds: float
+    read: bool  # whether the kernel was read (else the previous pass's result was used)
 
     @property
     def device_gone(self) -> bool:
@@ -60,10 +60,22 @@ class Outcome:
 
 
 class Reconciler:
-    """Diff-and-apply over a :class:`NetlinkOps`."""
+    """Diff-and-apply over a :class:`NetlinkOps`, remembering what the kernel holds.
+
+    After a pass without failures the kernel holds the desired state, so the next
+    pass may diff against that instead of dumping everything again: a burst of
+    lease updates then costs one diff and one batch each. A pass with ``refresh``
+    (the periodic resync, a netlink notice, the first pass) reads the kernel; so
+    does any pass after a failure or with another scope.
+    """
 
     def __init__(self, ops: NetlinkOps) -> None:
         self._ops = ops
+        self._known: tuple[Scope, KernelState] | None = None
+
+    def forget(self) -> None:
+        """Read the kernel on the next pass (something may have changed behind us)."""
+        self._known = None
 
     async def read(self, scope: Scope) -> KernelState:
         """The entries the kernel holds inside ``scope``."""
@@ -81,15 +93,19 @@ class Reconciler:
         owned = frozenset(r for r in routes if scope.owns_route(r))
         return KernelState(owned, frozenset(neighbours), frozenset(fdb))
 
-    async def reconcile(self, desired: KernelState, scope: Scope) -> Outcome:
+    async def reconcile(
+        self, desired: KernelState, scope: Scope, *, refresh: bool = True
+    ) -> Outcome:
         """Make the kernel's entries inside ``scope`` equal ``desired``."""
         started = time.monotonic()
-        actual = await self.read(scope)
+        known, self._known = self._known, None  # until this pass has succeeded
+        read = refresh or known is None or known[0] != scope
+        actual = await self.read(scope) if read or known is None else known[1]
         changes = plan_changes(desired, actual)
-        failures: list[Failure] = []
-        if changes:
-            failures = await self._ops.execute(changes)
-        outcome = Outcome(changes, tuple(_real(failures)), time.monotonic() - started)
+        failures = _real(await self._ops.execute(changes)) if changes else []
+        if not failures:
+            self._known = (scope, desired)
+        outcome = Outcome(changes, tuple(failures), time.monotonic() - started, read)
         _log(outcome, len(desired))
         return outcome
 
@@ -100,6 +116,12 @@ def _real(failures: list[Failure]) -> list[Failure]:
 
 
 def _log(outcome: Outcome, desired: int) -> None:
+    logger.debug(
+        "reconciled %d wanted entries in %.3f s (kernel %s)",
+        desired,
+        outcome.seconds,
+        "read" if outcome.read else "as last left",
+    )
     if outcome.changes:
         logger.info(
             "kernel programmed in %.3f s: %s (%d entries wanted)",
@@ -114,7 +136,12 @@ def _log(outcome: Outcome, desired: int) -> None:
 
 
 class ReconcileLoop:
-    """Run ``step`` when poked and at least every ``period`` seconds, one pass at a time.
+    """Run ``step()`` when poked and at least every ``period`` seconds, one at a time.
+
+    :attr:`full` tells the step what kind of pass it runs: True for the periodic pass,
+    after a failure, and when a poke asked for it (something may have changed in the
+    kernel behind our back); the step should then read the kernel rather than trust
+    what it remembers.
 
     The loop is idle until the first poke (a backend pokes once it knows its peers,
     so a restart never removes entries before the peer list is in). A step that
@@ -135,12 +162,15 @@ class ReconcileLoop:
         self._backoff = backoff
         self._wake = asyncio.Event()
         self._armed = False
+        self._full = False
+        self.full = False  # True while a full pass runs (see the class docstring)
         self._timer: asyncio.TimerHandle | None = None
         self.passes = 0
 
-    def poke(self, delay: float = 0.0) -> None:
+    def poke(self, delay: float = 0.0, *, full: bool = False) -> None:
         """Ask for a pass now, or after ``delay`` seconds (to gather a burst of notices)."""
         self._armed = True
+        self._full |= full
         if delay <= 0:
             self._wake.set()
         elif self._timer is None:
@@ -155,7 +185,8 @@ class ReconcileLoop:
         failures = 0
         try:
             while True:
-                await self._sleep(self._backoff.delay(failures - 1) if failures else None)
+                elapsed = await self._sleep(self._backoff.delay(failures - 1) if failures else None)
+                self.full, self._full = self._full or elapsed or failures > 0, False
                 self._wake.clear()
                 self.passes += 1
                 try:
@@ -172,11 +203,14 @@ class ReconcileLoop:
             if self._timer is not None:
                 self._timer.cancel()
 
-    async def _sleep(self, retry_in: float | None) -> None:
-        """Until poked, or the period (or retry delay) passes, whichever comes first."""
+    async def _sleep(self, retry_in: float | None) -> bool:
+        """Until poked, or the period (or retry delay) passes: True in the latter case."""
         if not self._armed:
             await self._wake.wait()
-            return
+            return False
         timeout = self._period if retry_in is None else min(retry_in, self._period)
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return True
+        return False

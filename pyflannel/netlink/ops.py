@@ -2,15 +2,13 @@
 
 Two channels, each suited to its traffic:
 
-- Links and addresses go through pyroute2's ``AsyncIPRoute``. They change a few
-  times per process life and have many nested attributes (the VXLAN link info),
-  which pyroute2 encodes well.
+- Links and addresses go through pyroute2's ``AsyncIPRoute``: they change rarely and
+  have many nested attributes (the VXLAN link info), which pyroute2 encodes well.
 - Routes, neighbours and FDB entries go through one raw rtnetlink socket with the
-  hand-written codec of :mod:`pyflannel.netlink.rtnl`: thousands of requests per
-  socket write, only the last one asking for an acknowledgement (the kernel answers
-  errors anyway, tagged with the request's sequence number), and dumps filtered by
-  the kernel to one device or route protocol. Each chunk's answer is awaited on the
-  event loop, so programming thousands of peers never blocks it.
+  codec of :mod:`pyflannel.netlink.rtnl`: thousands of requests per socket write,
+  only the last one asking for an acknowledgement (the kernel reports errors anyway,
+  tagged with the request's sequence number), and dumps filtered by the kernel to one
+  device or route protocol. Each chunk's answer is awaited on the event loop.
 
 Errors: a failed entry change is returned as a :class:`Failure` for the caller to
 judge (a missing entry on delete is harmless); a socket-level failure raises
@@ -39,6 +37,8 @@ from pyflannel.netlink import rtnl
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Parser = Callable[[rtnl.Buffer, int, int], T | None]
+Fingerprint = Callable[[rtnl.Buffer, int, int], bytes | None]
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_GET_STRICT_CHK = 12
@@ -92,10 +92,8 @@ class LinkState:
 
 
 class NetlinkOps:
-    """One process's channel to rtnetlink: ``open()`` first, ``close()`` at the end.
-
-    Sockets are created in the network namespace of the calling thread.
-    """
+    """A channel to rtnetlink: ``open()`` it (in the netns of the calling thread), then
+    ``close()`` it at the end."""
 
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
@@ -103,6 +101,7 @@ class NetlinkOps:
         self._lock = asyncio.Lock()
         self._seq = 0
         self._buffer = bytearray(DATAGRAM_MAX)
+        self._parsed: dict[bytes, dict[bytes, Any]] = {}  # per dump request: bytes → entry
         self.port_id = 0
 
     async def open(self) -> None:
@@ -128,23 +127,23 @@ class NetlinkOps:
             self._sock.close()
             self._sock = None
 
-    # -- routes, neighbours, FDB: raw and batched --------------------------------------
-
     async def routes(self, *, oif: int | None = None, proto: int = 0) -> list[Route]:
-        """Main-table IPv4 routes through device ``oif`` or with protocol ``proto``."""
-        found = await self._dump(rtnl.route_dump(oif=oif, proto=proto), rtnl.parse_route)
+        """Main-table IPv4 routes through device ``oif`` or with protocol ``proto`` (raw)."""
+        request = rtnl.route_dump(oif=oif, proto=proto)
+        found = await self._dump(request, rtnl.parse_route, rtnl.route_fingerprint)
         return [
             r for r in found if (oif is None or r.oif == oif) and (not proto or r.proto == proto)
         ]
 
     async def neighbours(self, ifindex: int) -> list[Neighbour]:
         """The IPv4 neighbour entries of one device."""
-        found = await self._dump(rtnl.neighbour_dump(ifindex), rtnl.parse_neighbour)
+        request = rtnl.neighbour_dump(ifindex)
+        found = await self._dump(request, rtnl.parse_neighbour, rtnl.neighbour_fingerprint)
         return [n for n in found if n.ifindex == ifindex]
 
     async def fdb(self, ifindex: int) -> list[FdbEntry]:
         """The FDB entries (with an IPv4 remote) of one VXLAN device."""
-        found = await self._dump(rtnl.fdb_dump(ifindex), rtnl.parse_fdb)
+        found = await self._dump(rtnl.fdb_dump(ifindex), rtnl.parse_fdb, rtnl.fdb_fingerprint)
         return [f for f in found if f.ifindex == ifindex]
 
     async def execute(self, changes: Sequence[Change]) -> list[Failure]:
@@ -180,37 +179,44 @@ class NetlinkOps:
                     return failures
 
     async def _dump(
-        self, request: rtnl.Request, parse: Callable[[memoryview, rtnl.Message], T | None]
+        self, request: rtnl.Request, parse: Parser[T], fingerprint: Fingerprint
     ) -> list[T]:
+        """Run a dump; entries whose stable bytes match the previous run are not re-parsed."""
         async with self._lock:
+            previous: dict[bytes, Any] = self._parsed.get(request.body, {})
             for _ in range(3):
-                found, interrupted = await self._dump_once(request, parse)
+                found, parsed, interrupted = await self._dump_once(
+                    request, parse, fingerprint, previous
+                )
                 if not interrupted:
                     break
             # Still inconsistent after three tries: the next pass will see the rest.
+            self._parsed[request.body] = parsed
             return found
 
     async def _dump_once(
-        self, request: rtnl.Request, parse: Callable[[memoryview, rtnl.Message], T | None]
-    ) -> tuple[list[T], bool]:
+        self,
+        request: rtnl.Request,
+        parse: Parser[T],
+        fingerprint: Fingerprint,
+        previous: dict[bytes, T],
+    ) -> tuple[list[T], dict[bytes, T], bool]:
         seq = self._next_seq(1)
         await self._send(request.frame(seq))
         found: list[T] = []
-        interrupted = False
-        while True:
+        parsed: dict[bytes, T] = {}
+        interrupted = finished = False
+        while not finished:
             data = await self._receive()
-            for msg in rtnl.messages(data):
-                if msg.seq != seq:
-                    continue
-                if msg.msg_type == rtnl.NLMSG_DONE:
-                    return found, interrupted
-                if msg.msg_type == rtnl.NLMSG_ERROR:
-                    code = msg.error_code(data)
-                    raise NetlinkUnavailable(f"netlink dump refused: {errno.errorcode.get(code)}")
-                interrupted |= bool(msg.flags & rtnl.NLM_F_DUMP_INTR)
-                item = parse(data, msg)
-                if item is not None:
-                    found.append(item)
+            try:
+                finished, cut = rtnl.read_dump(
+                    data, seq, (parse, fingerprint), previous, (found, parsed)
+                )
+            except rtnl.DumpRefused as exc:
+                name = errno.errorcode.get(exc.code, str(exc.code))
+                raise NetlinkUnavailable(f"netlink dump refused: {name}") from exc
+            interrupted |= cut
+        return found, parsed, interrupted
 
     def _next_seq(self, count: int) -> int:
         if self._seq + count >= 1 << 32:
@@ -237,10 +243,8 @@ class NetlinkOps:
             raise NetlinkUnavailable("netlink socket is not open")
         return self._sock
 
-    # -- links and addresses: pyroute2 -------------------------------------------------
-
     async def link(self, name: str) -> LinkState | None:
-        """The device called ``name``, or None when there is none."""
+        """The device called ``name``, or None when there is none (pyroute2)."""
         try:
             (msg,) = await self._iproute().link("get", ifname=name)
         except NetlinkError as exc:
@@ -289,8 +293,11 @@ class NetlinkOps:
 
     async def addresses(self, index: int) -> list[IPv4Interface]:
         """The IPv4 addresses of a device."""
-        answer = await self._iproute().addr("dump", family=socket.AF_INET, index=index)
-        found = [msg async for msg in answer] if not isinstance(answer, list) else answer
+        try:
+            answer = await self._iproute().addr("dump", family=socket.AF_INET, index=index)
+            found = [msg async for msg in answer] if not isinstance(answer, list) else answer
+        except NetlinkError as exc:
+            raise BackendError(f"cannot read the addresses of device {index}: {exc}") from exc
         return [
             IPv4Interface(
                 f"{msg.get_attr('IFA_LOCAL') or msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"

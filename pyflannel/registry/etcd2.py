@@ -27,9 +27,7 @@ into a snapshot. Connection, TLS, auth and error mapping live in
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from ipaddress import IPv4Address
@@ -54,6 +52,7 @@ from pyflannel.model.lease import (
     encode_attrs,
 )
 from pyflannel.model.net import SubnetKey, parse_subnet_key
+from pyflannel.registry.common import Outage, join_key
 from pyflannel.registry.etcd2conn import (
     EVENT_INDEX_CLEARED,
     KEY_NOT_FOUND,
@@ -62,7 +61,6 @@ from pyflannel.registry.etcd2conn import (
     Etcd2Connection,
     Reply,
 )
-from pyflannel.registry.etcd3 import join_key
 from pyflannel.registry.etcdsettings import EtcdSettings
 
 if TYPE_CHECKING:
@@ -167,7 +165,7 @@ class Etcd2Registry:
 
     async def watch_leases(self, since: int) -> AsyncIterator[WatchBatch]:
         cursor, resync = since, False
-        outage = _Outage(f"watch of {self._subnets} on etcd at {self._conn.endpoints} (v2 API)")
+        outage = Outage(f"watch of {self._subnets} on etcd at {self._conn.endpoints} (v2 API)")
         while True:
             try:
                 batch = await (self._snapshot() if resync else self._next_event(cursor))
@@ -276,30 +274,3 @@ def _bare(key: SubnetKey) -> Lease:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-class _Outage:
-    """Log a watch outage once when it starts and once when it ends; pace retries."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._attempt = 0
-        self._since = 0.0
-        self._rng = random.Random()
-
-    async def failed(self, exc: RegistryError, backoff: Backoff) -> None:
-        if self._attempt == 0:
-            self._since = time.monotonic()
-            logger.warning("%s failed, retrying with backoff: %s", self.what, exc)
-        await asyncio.sleep(backoff.delay(self._attempt, self._rng))
-        self._attempt += 1
-
-    def recovered(self) -> None:
-        if self._attempt:
-            logger.info(
-                "%s resumed after %.1f s (%d attempts)",
-                self.what,
-                time.monotonic() - self._since,
-                self._attempt,
-            )
-        self._attempt = 0

@@ -15,12 +15,9 @@ Connection, TLS, authentication and error mapping live in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
-import posixpath
-import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from ipaddress import IPv4Address
@@ -49,6 +46,7 @@ from pyflannel.model.lease import (
     encode_attrs,
 )
 from pyflannel.model.net import SubnetKey, parse_subnet_key
+from pyflannel.registry.common import Outage, join_key
 from pyflannel.registry.etcdconn import EtcdConnection
 from pyflannel.registry.etcdsettings import EtcdSettings
 
@@ -60,15 +58,6 @@ _ZERO = IPv4Address(0)
 _PUT = 0  # mvccpb.Event.EventType
 _TTL_WINDOW = 256  # LeaseTimeToLive calls in flight at once
 WATCH_BACKOFF = Backoff(initial=0.1, cap=5.0)
-
-
-def join_key(*parts: str) -> str:
-    """Go's ``path.Join``: join with slashes, drop empty parts, clean the result."""
-    joined = "/".join(part for part in parts if part)
-    if not joined:
-        return ""
-    cleaned = posixpath.normpath(joined)
-    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
 
 class Etcd3Registry:
@@ -167,7 +156,7 @@ class Etcd3Registry:
 
     async def watch_leases(self, since: int) -> AsyncIterator[WatchBatch]:
         cursor, resync = since, False
-        outage = _Outage(f"watch of {self._subnets} on etcd at {self._conn.endpoints}")
+        outage = Outage(f"watch of {self._subnets} on etcd at {self._conn.endpoints}")
         while True:
             try:
                 if resync:
@@ -189,7 +178,7 @@ class Etcd3Registry:
                     with contextlib.suppress(RegistryError):
                         await self._conn.reauthenticate()
 
-    async def _watch_from(self, cursor: int, outage: _Outage) -> AsyncGenerator[WatchBatch, None]:
+    async def _watch_from(self, cursor: int, outage: Outage) -> AsyncGenerator[WatchBatch, None]:
         """One watch stream from ``cursor + 1`` until it fails.
 
         A batch's revision is that of its last event, not the response header: while
@@ -317,30 +306,3 @@ def _check_response(response: Any) -> None:
         if "permission denied" in reason:
             raise RegistryPermissionError(f"etcd cancelled the watch: {reason}")
         raise RegistryUnavailable(f"etcd cancelled the watch: {reason}")
-
-
-class _Outage:
-    """Log a watch outage once when it starts and once when it ends; pace retries."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._attempt = 0
-        self._since = 0.0
-        self._rng = random.Random()
-
-    async def failed(self, exc: RegistryError, backoff: Backoff) -> None:
-        if self._attempt == 0:
-            self._since = time.monotonic()
-            logger.warning("%s failed, reconnecting with backoff: %s", self.what, exc)
-        await asyncio.sleep(backoff.delay(self._attempt, self._rng))
-        self._attempt += 1
-
-    def recovered(self) -> None:
-        if self._attempt:
-            logger.info(
-                "%s resumed after %.1f s (%d attempts)",
-                self.what,
-                time.monotonic() - self._since,
-                self._attempt,
-            )
-        self._attempt = 0

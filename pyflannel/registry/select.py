@@ -31,8 +31,9 @@ from pyflannel.model.lease import Lease, LeaseAttrs, LeaseFormat, WatchBatch
 from pyflannel.model.net import SubnetKey
 from pyflannel.options import Options
 from pyflannel.registry.base import SubnetRegistry
+from pyflannel.registry.common import join_key
 from pyflannel.registry.etcd2 import Etcd2Registry
-from pyflannel.registry.etcd3 import Etcd3Registry, join_key
+from pyflannel.registry.etcd3 import Etcd3Registry
 
 logger = logging.getLogger(__name__)
 

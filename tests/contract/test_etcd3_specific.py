@@ -30,7 +30,8 @@ from pyflannel.errors import (
 )
 from pyflannel.model.lease import EventKind, LeaseAttrs, WatchBatch
 from pyflannel.model.net import SubnetKey
-from pyflannel.registry.etcd3 import Etcd3Registry, join_key
+from pyflannel.registry.common import join_key
+from pyflannel.registry.etcd3 import Etcd3Registry
 from pyflannel.registry.etcdsettings import (
     CHANNEL_OPTIONS,
     EtcdSettings,

@@ -330,6 +330,27 @@ def test_a_tcp_stream_is_written_to_the_tun_in_few_writes(cluster: Cluster) -> N
         assert got["rx_packets"] == got["rx_writes"], got
 
 
+def test_a_path_mtu_below_the_segment_size_still_carries_traffic(cluster: Cluster) -> None:
+    """Datagrams too big for the route are fragmented by the kernel instead of lost.
+
+    A segmented send is refused outright then (EINVAL); the batched path falls back to
+    sending its packets one by one.
+    """
+    first, second = cluster.containers
+    sender, receiver = cluster.nodes[0].host, cluster.nodes[1].host
+    before = cluster.nodes[0].stats()
+    sender.ns.ip("route", "add", f"{receiver.ip}/32", "dev", "eth0", "mtu", "1400")
+    try:
+        sink = popen_ready(second.ns, PYTHON, "-c", TCP_SINK, second.ip)
+        first.ns.run(PYTHON, "-c", TCP_SOURCE, second.ip, str(500_000), timeout=30)
+        assert finish(sink).strip() == "500000"
+    finally:
+        sender.ns.ip("route", "del", f"{receiver.ip}/32", "dev", "eth0")
+    sent = delta(cluster.nodes[0], before)
+    assert sent["send_failed"] == 0, sent
+    assert sent["tx_packets"] == sent["tx_sends"], sent  # one by one, as it had to be
+
+
 def delta(node: Node, before: dict[str, int]) -> dict[str, int]:
     """How the node's counters moved since ``before`` (they are written every 0.2 s)."""
     time.sleep(0.5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -30,6 +31,7 @@ from pyflannel.backends.vxlan import VxlanBackend
 from pyflannel.channel import PeerChannel
 from pyflannel.model.config import parse_config
 from pyflannel.model.lease import Lease, LeaseFormat
+from pyflannel.netlink.ops import NetlinkOps
 from pyflannel.options import Options
 
 pytestmark = pytest.mark.netns
@@ -381,3 +383,27 @@ def test_backend_options_reach_the_device_and_survive_a_restart(box: Box) -> Non
         assert data.get("gbp") is True
     finally:
         second.stop()
+
+
+def test_a_resync_reuses_the_entries_it_parsed_before(box: Box) -> None:
+    node = Node(box)
+    node.start([peer(2), peer(3)])
+    try:
+        box.wait_for(holds(box, peer(2), peer(3)))
+
+        async def dump_twice() -> list[tuple[list[Any], list[Any]]]:
+            ops = NetlinkOps()
+            await ops.open()
+            try:
+                index = socket.if_nametoindex("flannel.1")
+                dumps = (lambda: ops.routes(oif=index), lambda: ops.neighbours(index),
+                         lambda: ops.fdb(index))  # fmt: skip
+                return [(await dump(), await dump()) for dump in dumps]
+            finally:
+                await ops.close()
+
+        for first, second in box.loop.run(dump_twice()):
+            assert len(first) == 2
+            assert all(a is b for a, b in zip(sorted(first), sorted(second), strict=True))
+    finally:
+        node.stop()

@@ -14,8 +14,8 @@ import time
 import httpx
 
 from pyflannel.registry.base import SubnetRegistry
+from pyflannel.registry.common import join_key
 from pyflannel.registry.etcd2 import Etcd2Registry
-from pyflannel.registry.etcd3 import join_key
 from pyflannel.registry.etcdsettings import EtcdSettings
 from support.etcd import EtcdServer
 

@@ -19,7 +19,8 @@ from typing import Protocol
 from pyflannel.aio import spawn
 from pyflannel.model.lease import EventKind, WatchBatch
 from pyflannel.registry.base import SubnetRegistry
-from pyflannel.registry.etcd3 import Etcd3Registry, join_key
+from pyflannel.registry.common import join_key
+from pyflannel.registry.etcd3 import Etcd3Registry
 from pyflannel.registry.etcdsettings import EtcdSettings
 from pyflannel.registry.memory import InMemoryRegistry
 from support.etcd import EtcdServer

@@ -60,13 +60,12 @@ def tcp_packet(
     tcp = struct.pack("!HHIIBBHHH", sport, 5201, seq, 0xABCDEF01, (thl // 4) << 4, flags, 512, 0, 0)
     tcp += options
     ph = pseudo(src.packed, DST.packed, 6, thl + len(payload))
-    if partial:
-        check = ~word_checksum(ph) & 0xFFFF
-    else:
-        check = word_checksum(ph + tcp + payload)
+    check = ~word_checksum(ph) & 0xFFFF if partial else word_checksum(ph + tcp + payload)
     tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
     total = 20 + thl + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ident, 0x4000, 64, 6, 0, src.packed, DST.packed)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, ident, 0x4000, 64, 6, 0, src.packed, DST.packed
+    )
     ip = ip[:10] + struct.pack("!H", word_checksum(ip)) + ip[12:]
     return ip + tcp + payload
 
@@ -173,7 +172,9 @@ def test_complete_checksum_fills_in_a_partial_one(proto: int) -> None:
     offset = 6 if proto == 17 else 16
     l4 = bytearray(l4_len - len(body)) + body
     l4[offset : offset + 2] = struct.pack("!H", ~word_checksum(ph) & 0xFFFF)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + l4_len, 1, 0, 64, proto, 0, SRC.packed, DST.packed)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + l4_len, 1, 0, 64, proto, 0, SRC.packed, DST.packed
+    )
     packet = bytearray(ip + l4)
     complete_checksum(packet, 20, offset)
     expected_l4 = bytearray(l4)

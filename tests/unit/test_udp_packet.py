@@ -50,19 +50,22 @@ def ipv4(
 ) -> bytes:
     """An IPv4 packet with a correct header checksum."""
     ihl = 5 + len(options) // 4
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x40 | ihl,
-        0,
-        ihl * 4 + len(payload),
-        ident,
-        frag,
-        ttl,
-        proto,
-        0,
-        IPv4Address(src).packed,
-        IPv4Address(dst).packed,
-    ) + options
+    header = (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            ihl * 4 + len(payload),
+            ident,
+            frag,
+            ttl,
+            proto,
+            0,
+            IPv4Address(src).packed,
+            IPv4Address(dst).packed,
+        )
+        + options
+    )
     check = word_checksum(header)
     return header[:10] + struct.pack("!H", check) + header[12:] + payload
 
