@@ -51,8 +51,9 @@ def _run(options: Options, ignored: Sequence[str]) -> int:
     if ignored:
         # Go's flag parsing stops at the first non-flag word, so `-ip-masq false --iface=x`
         # silently drops everything from `false` on; say so instead.
-        logger.warning("ignoring command-line arguments after the first non-flag: %s",
-                       " ".join(ignored))
+        logger.warning(
+            "ignoring command-line arguments after the first non-flag: %s", " ".join(ignored)
+        )
     try:
         validate(options)
         from pyflannel.daemon import run_daemon

@@ -10,7 +10,7 @@ writes collapses into one update.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from pyflannel.backend import PeerUpdate
 from pyflannel.model.lease import Lease, LeaseEvent
@@ -21,12 +21,18 @@ class PeerChannel:
 
     def __init__(self) -> None:
         self._events: list[LeaseEvent] = []
-        self._leases: tuple[Lease, ...] = ()
+        self._leases: Callable[[], tuple[Lease, ...]] = tuple
         self._pending = False
         self._ready = asyncio.Event()
 
-    def publish(self, events: Iterable[LeaseEvent], leases: tuple[Lease, ...]) -> None:
-        """Add ``events`` and replace the peer set; wakes the consumer."""
+    def publish(
+        self, events: Iterable[LeaseEvent], leases: Callable[[], tuple[Lease, ...]]
+    ) -> None:
+        """Add ``events`` and replace the peer set; wakes the consumer.
+
+        ``leases`` is called only when the consumer takes the update, so a burst of
+        batches costs one materialisation of the peer set, not one per batch.
+        """
         self._events.extend(events)
         self._leases = leases
         self._pending = True
@@ -36,7 +42,7 @@ class PeerChannel:
         """Everything published since the last take, or None when nothing was."""
         if not self._pending:
             return None
-        update = PeerUpdate(tuple(self._events), self._leases)
+        update = PeerUpdate(tuple(self._events), self._leases())
         self._events = []
         self._pending = False
         self._ready.clear()

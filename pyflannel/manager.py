@@ -58,6 +58,9 @@ class LeaseManager:
         self._rng = rng or random.Random()
         self._lease: Lease | None = None
         self._rearm = asyncio.Event()
+        # The listing the lease was acquired from: the peer watch starts from it instead
+        # of listing (and looking up thousands of TTLs) a second time.
+        self._listing: tuple[tuple[Lease, ...], int] | None = None
 
     @property
     def lease(self) -> Lease:
@@ -101,9 +104,12 @@ class LeaseManager:
         raise RegistryError(f"gave up acquiring a lease after {RACE_RETRIES} lost races")
 
     async def _try_acquire(self, config: NetworkConfig, attrs: LeaseAttrs) -> Lease:
-        leases, _ = await self.registry.list_leases()
+        leases, revision = await self.registry.list_leases()
         plan = plan_acquisition(config, leases, attrs.public_ip, self._previous, self._rng)
-        return await self._execute(plan, attrs)
+        lease = await self._execute(plan, attrs)
+        kept = tuple(x for x in leases if x.key != lease.key and x not in plan.stale)
+        self._listing = ((*kept, lease), revision)
+        return lease
 
     async def _execute(self, plan: Plan, attrs: LeaseAttrs) -> Lease:
         for stale in plan.stale:
@@ -156,17 +162,27 @@ class LeaseManager:
         Raises :class:`LeaseRevoked` when our own lease is deleted or expires.
         """
         table = LeaseTable(self.lease.key)
-        leases, revision = await retry(
-            self.registry.list_leases, what="listing leases", retry_on=(RegistryUnavailable,)
-        )
-        snapshot = WatchBatch(revision, snapshot=tuple(leases))
+        snapshot = await self._initial_snapshot()
         self._check_own(snapshot)
-        channel.publish(table.apply(snapshot), table.leases)
-        async for batch in self.registry.watch_leases(revision):
+        channel.publish(table.apply(snapshot), _leases_of(table))
+        async for batch in self.registry.watch_leases(snapshot.revision):
             self._check_own(batch)
             events = table.apply(batch)
             if events:
-                channel.publish(events, table.leases)
+                channel.publish(events, _leases_of(table))
+
+    async def _initial_snapshot(self) -> WatchBatch:
+        """The acquisition's listing (its changes since are replayed by the watch, which
+        starts from its revision), or a fresh listing."""
+        if self._listing is not None:
+            leases, revision = self._listing
+            self._listing = None
+        else:
+            listed, revision = await retry(
+                self.registry.list_leases, what="listing leases", retry_on=(RegistryUnavailable,)
+            )
+            leases = tuple(listed)
+        return WatchBatch(revision, snapshot=leases)
 
     def _check_own(self, batch: WatchBatch) -> None:
         own = self.lease.key
@@ -187,3 +203,7 @@ class LeaseManager:
         if lease.expiration != self.lease.expiration:
             self._lease = Lease(self.lease.key, self.lease.attrs, lease.expiration)
             self._rearm.set()
+
+
+def _leases_of(table: LeaseTable) -> Callable[[], tuple[Lease, ...]]:
+    return lambda: table.leases

@@ -88,7 +88,7 @@ def desired_routes(
             continue
         reason = _unroutable(lease.attrs.public_ip, iface, connected)
         if reason is None:
-            routes.add(Route(lease.subnet, lease.attrs.public_ip, iface.index))
+            routes.add(Route(str(lease.subnet), str(lease.attrs.public_ip), iface.index))
         else:
             skipped.append(SkippedPeer(lease.subnet, reason))
     return Desired(KernelState(routes=frozenset(routes)), tuple(skipped), tuple(foreign))
@@ -98,7 +98,8 @@ def route_scope(iface_index: int, network: IPv4Network, own: IPv4Network) -> Sco
     """The routes host-gw owns (see the module docstring)."""
 
     def ours(route: Route) -> bool:
-        return route.dst.subnet_of(network) and route.dst not in (network, own)
+        dst = IPv4Network(route.dst)
+        return dst.subnet_of(network) and dst not in (network, own)
 
     return Scope(route_oifs=frozenset({iface_index}), route_filter=ours)
 

@@ -130,10 +130,11 @@ async def check_udp(ctx: Context) -> Findings:
     link = ctx.link(UDP_DEVICE)
     wanted = KernelState()
     if link is not None:
-        wanted = KernelState(routes=frozenset({Route(ctx.config.network, None, link.index)}))
+        network = str(ctx.config.network)
+        wanted = KernelState(routes=frozenset({Route(network, "", link.index)}))
         routes = await ctx.ops.routes(oif=link.index)
         have = {(r.dst, r.gateway) for r in routes}
-        if (ctx.config.network, None) not in have:
+        if (network, "") not in have:
             problems.append(f"missing route {ctx.config.network} dev {UDP_DEVICE}")
     return (kernelcheck.summary(device, wanted, len(problems)),), tuple(problems)
 

@@ -62,7 +62,7 @@ def describe(entry: Entry, names: Mapping[int, str]) -> str:
     """An entry as iproute2 would print it."""
     if isinstance(entry, Route):
         dev = names.get(entry.oif, f"#{entry.oif}")
-        via = f" via {entry.gateway}" if entry.gateway is not None else ""
+        via = f" via {entry.gateway}" if entry.gateway else ""
         return f"route {entry.dst}{via} dev {dev}{' onlink' if entry.onlink else ''}"
     if isinstance(entry, Neighbour):
         dev = names.get(entry.ifindex, f"#{entry.ifindex}")

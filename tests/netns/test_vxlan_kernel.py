@@ -121,7 +121,8 @@ class Node:
         return prepared
 
     def publish(self, peers: list[Lease]) -> None:
-        self.box.loop.call(self.channel.publish, (), tuple(peers))
+        snapshot = tuple(peers)
+        self.box.loop.call(self.channel.publish, (), lambda: snapshot)
 
     def stop(self) -> None:
         async def halt() -> None:

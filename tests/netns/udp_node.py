@@ -86,7 +86,7 @@ async def main() -> None:
     own = _lease(args.subnet, args.iface_addr)
     channel = PeerChannel()
     peers = tuple(_lease(*spec.split("=", 1)) for spec in args.peer)
-    channel.publish([LeaseEvent(EventKind.ADDED, lease) for lease in peers], peers)
+    channel.publish([LeaseEvent(EventKind.ADDED, lease) for lease in peers], lambda: peers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -6,10 +6,10 @@ import random
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from support.factories import config, lease
 
 from pyflannel.core.allocator import Create, Reuse, fits, free_subnets, plan_acquisition
 from pyflannel.errors import PoolExhausted
-from support.factories import config, lease
 
 ME = IPv4Address("192.0.2.10")
 
@@ -35,8 +35,9 @@ def test_previous_subnet_is_reused_when_free() -> None:
 
 def test_previous_subnet_held_by_another_host_is_not_taken_over() -> None:
     prev = IPv4Network("10.5.42.0/24")
-    plan = plan_acquisition(config(), [lease("10.5.42.0/24", "192.0.2.99")], ME, prev,
-                            random.Random(1))
+    plan = plan_acquisition(
+        config(), [lease("10.5.42.0/24", "192.0.2.99")], ME, prev, random.Random(1)
+    )
     assert isinstance(plan.action, Create) and plan.action.subnet != prev
 
 

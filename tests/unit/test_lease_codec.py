@@ -32,11 +32,16 @@ def test_v2_vxlan_value_is_byte_exact() -> None:
 @pytest.mark.parametrize(
     ("attrs", "v3", "v2"),
     [
-        (LeaseAttrs(IPv4Address("10.0.0.1")), '{"PublicIP":"10.0.0.1","PublicIPv6":null}',
-         '{"PublicIP":"10.0.0.1"}'),
-        (LeaseAttrs(IPv4Address("10.0.0.1"), "host-gw"),
-         '{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"host-gw"}',
-         '{"PublicIP":"10.0.0.1","BackendType":"host-gw"}'),
+        (
+            LeaseAttrs(IPv4Address("10.0.0.1")),
+            '{"PublicIP":"10.0.0.1","PublicIPv6":null}',
+            '{"PublicIP":"10.0.0.1"}',
+        ),
+        (
+            LeaseAttrs(IPv4Address("10.0.0.1"), "host-gw"),
+            '{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"host-gw"}',
+            '{"PublicIP":"10.0.0.1","BackendType":"host-gw"}',
+        ),
     ],
 )
 def test_udp_alloc_and_hostgw_values(attrs: LeaseAttrs, v3: str, v2: str) -> None:
@@ -59,8 +64,17 @@ def test_backend_data_is_compacted_like_go() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "null", "[]", '{"PublicIP":5}', '{"PublicIP":"1.2.3"}', '{"BackendType":"vxlan"}',
-     '{"PublicIP":"::1"}', '{"PublicIP":"1.2.3.4","BackendType":3}', b"\xff\xfe"],
+    [
+        "",
+        "null",
+        "[]",
+        '{"PublicIP":5}',
+        '{"PublicIP":"1.2.3"}',
+        '{"BackendType":"vxlan"}',
+        '{"PublicIP":"::1"}',
+        '{"PublicIP":"1.2.3.4","BackendType":3}',
+        b"\xff\xfe",
+    ],
 )
 def test_malformed_values_raise_peer_data_error(text: str | bytes) -> None:
     with pytest.raises(PeerDataError):
@@ -76,8 +90,17 @@ def test_subnet_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "10.5.34.0", "10.5.34.0-33", "10.5.34.1-24", "10.5.34.0-24x", "300.1.1.0-24",
-             "config", "10.5.34.0-24&ZZ-64"],
+    "name",
+    [
+        "",
+        "10.5.34.0",
+        "10.5.34.0-33",
+        "10.5.34.1-24",
+        "10.5.34.0-24x",
+        "300.1.1.0-24",
+        "config",
+        "10.5.34.0-24&ZZ-64",
+    ],
 )
 def test_bad_keys_raise_peer_data_error(name: str) -> None:
     with pytest.raises(PeerDataError):
@@ -97,8 +120,15 @@ _ip = st.ip_addresses(v=4).map(str)
 _scalar = st.none() | st.booleans() | st.integers() | st.text(max_size=10) | _ip
 
 
-@given(st.dictionaries(st.sampled_from(["PublicIP", "publicIP", "BackendType", "BackendData",
-                                        "PublicIPv6", "junk"]), _scalar, max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["PublicIP", "publicIP", "BackendType", "BackendData", "PublicIPv6", "junk"]
+        ),
+        _scalar,
+        max_size=5,
+    )
+)
 def test_fuzz_values_never_crash(doc: dict[str, object]) -> None:
     import json
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from support.factories import lease
+
 from pyflannel.core.leasewatch import LeaseTable
 from pyflannel.model.lease import EventKind, LeaseEvent, WatchBatch
-from support.factories import lease
 
 OWN = lease("10.5.1.0/24", "192.0.2.1")
 A = lease("10.5.2.0/24", "192.0.2.2", backend_type="vxlan")
