@@ -165,7 +165,9 @@ class Etcd2Registry:
 
     async def watch_leases(self, since: int) -> AsyncIterator[WatchBatch]:
         cursor, resync = since, False
-        outage = Outage(f"watch of {self._subnets} on etcd at {self._conn.endpoints} (v2 API)")
+        outage = Outage(
+            f"watch of {self._subnets} on etcd at {self._conn.endpoints} (v2 API)", logger
+        )
         while True:
             try:
                 batch = await (self._snapshot() if resync else self._next_event(cursor))

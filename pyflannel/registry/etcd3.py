@@ -156,7 +156,7 @@ class Etcd3Registry:
 
     async def watch_leases(self, since: int) -> AsyncIterator[WatchBatch]:
         cursor, resync = since, False
-        outage = Outage(f"watch of {self._subnets} on etcd at {self._conn.endpoints}")
+        outage = Outage(f"watch of {self._subnets} on etcd at {self._conn.endpoints}", logger)
         while True:
             try:
                 if resync:
