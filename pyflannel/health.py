@@ -42,7 +42,8 @@ class HealthServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=3)
+                async with asyncio.timeout(3):
+                    await self._server.wait_closed()
 
     def _answer(self, path: str) -> tuple[int, str]:
         if path == "/healthz":
@@ -53,7 +54,8 @@ class HealthServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            async with asyncio.timeout(5):
+                line = await reader.readline()
             parts = line.decode("latin-1").split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else "/"
             status, body = self._answer(path)

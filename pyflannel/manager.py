@@ -138,8 +138,11 @@ class LeaseManager:
         while True:
             delay = renewal_delay(self.lease.expiration, self._margin, self._clock())
             self._rearm.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the event is set, and the daemon never stops.
             try:
-                await asyncio.wait_for(self._rearm.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._rearm.wait()
                 continue  # the expiration changed: compute the delay again
             except TimeoutError:
                 pass

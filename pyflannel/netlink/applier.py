@@ -209,8 +209,9 @@ class ReconcileLoop:
             await self._wake.wait()
             return False
         timeout = self._period if retry_in is None else min(retry_in, self._period)
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        try:  # asyncio.timeout: 3.11's wait_for can swallow a concurrent cancellation
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         except TimeoutError:
             return True
         return False

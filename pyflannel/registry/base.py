@@ -8,7 +8,10 @@ Watch contract: ``watch_leases(since)`` yields batches for every change after
 revision ``since``. It resumes by itself after a dropped connection (reconnecting
 with backoff and logging each outage once) and yields a snapshot batch when history
 was compacted, so a consumer never misses a change. It ends only when cancelled.
-Malformed leases are logged and skipped, never raised.
+Malformed leases are logged and skipped, never raised. In watch events a lease's
+``expiration`` only says whether the key has a TTL (not None) or not: etcd v3 watch
+events do not carry the TTL, so it may be approximate there (a fresh 24 h lease is
+assumed); ``list_leases`` gives exact expirations.
 """
 
 from __future__ import annotations

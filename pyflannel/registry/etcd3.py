@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aetcd import rpc
 
-from pyflannel.core.renewal import Backoff
+from pyflannel.core.renewal import LEASE_TTL, Backoff
 from pyflannel.errors import (
     ConfigNotFound,
     LeaseConflict,
@@ -203,12 +203,15 @@ class Etcd3Registry:
                     yield await self._batch(response.events)
 
     async def _batch(self, events: Any) -> WatchBatch:
-        ttls = await self._lease_ttls(e.kv.lease for e in events if e.type == _PUT)
+        # A watch event names the key's etcd lease but not its TTL. Asking etcd for it
+        # would cost a round trip per event (most of the time spent on a burst of new
+        # hosts), and nothing downstream of the watch needs more than "it has a TTL":
+        # a PUT is taken to carry a fresh lease of the standard 24 h.
         now = self._clock()
         out: list[LeaseEvent] = []
         for event in events:
             if event.type == _PUT:
-                lease = self._lease(event.kv, ttls, now)
+                lease = self._lease(event.kv, {}, now, default_ttl=LEASE_TTL)
                 if lease is not None:
                     out.append(LeaseEvent(EventKind.ADDED, lease))
             elif (key := self._parse_key(event.kv)) is not None:
@@ -259,7 +262,9 @@ class Etcd3Registry:
             for call in calls:
                 call.cancel()
 
-    def _lease(self, kv: Any, ttls: dict[int, int], now: float) -> Lease | None:
+    def _lease(
+        self, kv: Any, ttls: dict[int, int], now: float, default_ttl: int = 0
+    ) -> Lease | None:
         key = self._parse_key(kv)
         if key is None:
             return None
@@ -269,7 +274,7 @@ class Etcd3Registry:
             self._warn_once(kv, exc)
             return None
         # An etcd lease that is already gone answers TTL -1: the key is about to go.
-        expiration = now + max(ttls.get(kv.lease, 0), 0) if kv.lease else None
+        expiration = now + max(ttls.get(kv.lease, default_ttl), 0) if kv.lease else None
         return Lease(key, attrs, expiration)
 
     def _parse_key(self, kv: Any) -> SubnetKey | None:

@@ -126,7 +126,8 @@ async def test_watch_reports_changes_in_order(harness: RegistryHarness) -> None:
                       (EventKind.REMOVED, "10.5.1.0-24")]  # fmt: skip
     added = watch.batches[0].events[0].lease
     assert added.attrs == ATTRS
-    assert added.expiration == pytest.approx(harness.now() + 60, abs=3)
+    # Watch events only promise whether a key has a TTL (see registry/base.py).
+    assert added.expiration is not None and added.expiration > harness.now()
     revisions = [batch.revision for batch in watch.batches]
     assert revisions == sorted(set(revisions))
     assert revisions[-1] == (await registry.list_leases())[1]

@@ -189,3 +189,18 @@ async def test_compaction_becomes_a_snapshot_and_loses_nothing() -> None:
     assert batch.snapshot is not None and len(batch.snapshot) == 2
     await gen.aclose()
     del channel
+
+
+async def test_renewal_loop_stops_when_cancelled_as_its_lease_changes() -> None:
+    """A cancellation that arrives together with a re-arm must still stop the loop
+    (Python 3.11's wait_for swallowed it and the daemon never exited)."""
+    clock = Clock()
+    reg = InMemoryRegistry(CFG_JSON, clock=clock)
+    mgr = manager(reg, clock)
+    await mgr.acquire(config(), ME)
+    task = asyncio.get_running_loop().create_task(mgr.keep_renewed())
+    await asyncio.sleep(0.01)
+    mgr._rearm.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done and task.cancelled()
