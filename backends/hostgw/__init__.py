@@ -22,7 +22,6 @@ Design notes
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
@@ -39,7 +38,7 @@ from pyflannel.core.kernelstate import MAIN_TABLE
 from pyflannel.errors import BackendError
 from pyflannel.model.lease import Lease
 from pyflannel.netlink.applier import ReconcileLoop, Reconciler
-from pyflannel.netlink.monitor import NetlinkMonitor
+from pyflannel.netlink.driver import drive
 from pyflannel.netlink.ops import NetlinkOps
 from pyflannel.netlink.rtnl import Notice
 
@@ -47,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 RESYNC_PERIOD = 10.0
 """Seconds between full comparisons with the kernel (flanneld's route check period)."""
-NOTICE_DELAY = 0.05
-"""Gather the notices of one deletion burst (the interface going down) into one pass."""
 
 
 class HostGwBackend:
@@ -71,17 +68,10 @@ class HostGwBackend:
 
     async def run(self, own: Lease, feed: AsyncIterator[PeerUpdate]) -> None:
         self._own = own
-        monitor = NetlinkMonitor()
-        monitor.open()
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._loop.run(), name="hostgw-reconcile")
-                group.create_task(self._watch_kernel(monitor), name="hostgw-netlink-monitor")
-                async for update in feed:
-                    self._peers = update.leases
-                    self._loop.poke()
-        finally:
-            monitor.close()
+        await drive(self._loop, feed, name="hostgw", take=self._take, concerns=self._concerns)
+
+    def _take(self, update: PeerUpdate) -> None:
+        self._peers = update.leases
 
     async def close(self) -> None:
         await self._ops.close()
@@ -108,12 +98,6 @@ class HostGwBackend:
         for subnet in sorted(foreign - self._foreign):
             logger.info("ignoring non-host-gw subnet %s", subnet)
         self._foreign = foreign
-
-    async def _watch_kernel(self, monitor: NetlinkMonitor) -> None:
-        """Poke the loop when a netlink notice may concern our routes."""
-        async for notices in monitor.notices():
-            if notices is None or any(self._concerns(notice) for notice in notices):
-                self._loop.poke(NOTICE_DELAY)
 
     def _concerns(self, notice: Notice) -> bool:
         if notice.pid and notice.pid == self._ops.port_id:

@@ -27,7 +27,6 @@ Design notes
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Network
@@ -54,7 +53,7 @@ from pyflannel.core.kernelstate import MAIN_TABLE, RTPROT_PYFLANNEL, Scope
 from pyflannel.errors import BackendError
 from pyflannel.model.lease import Lease
 from pyflannel.netlink.applier import ReconcileLoop, Reconciler
-from pyflannel.netlink.monitor import NetlinkMonitor
+from pyflannel.netlink.driver import drive
 from pyflannel.netlink.ops import LinkState, NetlinkOps
 from pyflannel.netlink.rtnl import Notice
 
@@ -62,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 RESYNC_PERIOD = 10.0
 """Seconds between full comparisons with the kernel when nothing pokes us."""
-NOTICE_DELAY = 0.05
-"""Gather the notices of one deletion burst (a device going down) into one pass."""
 
 
 class VxlanBackend:
@@ -99,17 +96,10 @@ class VxlanBackend:
         link = self._require_link()
         self._own = own
         await configure_device(self._ops, link, own.subnet, self._ctx.config.network)
-        monitor = NetlinkMonitor()
-        monitor.open()
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._loop.run(), name="vxlan-reconcile")
-                group.create_task(self._watch_kernel(monitor), name="vxlan-netlink-monitor")
-                async for update in feed:
-                    self._peers = update.leases
-                    self._loop.poke()
-        finally:
-            monitor.close()
+        await drive(self._loop, feed, name="vxlan", take=self._take, concerns=self._concerns)
+
+    def _take(self, update: PeerUpdate) -> None:
+        self._peers = update.leases
 
     async def close(self) -> None:
         await self._ops.close()
@@ -194,12 +184,6 @@ class VxlanBackend:
         for subnet in sorted(foreign - self._foreign):
             logger.info("ignoring non-vxlan subnet %s", subnet)
         self._foreign = foreign
-
-    async def _watch_kernel(self, monitor: NetlinkMonitor) -> None:
-        """Poke the loop when a netlink notice may concern our entries."""
-        async for notices in monitor.notices():
-            if notices is None or any(self._concerns(notice) for notice in notices):
-                self._loop.poke(NOTICE_DELAY, full=True)
 
     def _concerns(self, notice: Notice) -> bool:
         link = self._link
