@@ -12,7 +12,6 @@ period after being deleted by hand, and replaced on a restart with another netwo
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from pathlib import Path
 import pytest
 from support.daemon import Daemon, start_daemon
 from support.etcd import EtcdServer
-from support.netns import Container, Host, Namespace, Topology, TopologyFactory
+from support.netns import Container, Host, Topology, TopologyFactory
+from support.ruleprobe import forward_lines, masq_lines, seen_as, start_listener
 
 from pyflannel.backends import BACKENDS
 
@@ -29,80 +29,25 @@ pytestmark = pytest.mark.e2e
 
 PREFIX = "/coreos.com/network"
 OUTSIDE = "198.51.100.99"
-MC = '-m comment --comment "flanneld masq"'
-FC = '-m comment --comment "flanneld forward"'
-
-LISTENER = """
-import socket
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("0.0.0.0", 9999))
-print("ready", flush=True)
-for _ in range(100):
-    data, peer = sock.recvfrom(2048)
-    try:
-        sock.sendto(peer[0].encode(), peer)
-    except OSError:  # no route back to an address that was not masqueraded
-        pass
-"""
-PROBE = """
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.settimeout(0.5)
-for _ in range(6):
-    sock.sendto(b"who am i", (sys.argv[1], 9999))
-    try:
-        print(sock.recv(2048).decode())
-        break
-    except TimeoutError:
-        pass
-"""
 
 
 def config(network: str, backend: str) -> str:
     return f'{{"Network":"{network}","Backend":{{"Type":"{backend}"}}}}'
 
 
-def masq_lines(net: str, sub: str) -> list[str]:
-    """facts §9.2 (iptables 1.8 supports --random-fully), as iptables-save prints them."""
-    return [
-        ":FLANNEL-POSTRTG - [0:0]",
-        f"-A POSTROUTING {MC} -j FLANNEL-POSTRTG",
-        f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG -s {sub} -d {net} {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG -s {net} -d {sub} {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG ! -s {net} -d {sub} {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {MC} -j MASQUERADE --random-fully",
-        f"-A FLANNEL-POSTRTG ! -s {net} -d {net} {MC} -j MASQUERADE --random-fully",
-    ]
+def masq_lines_declared(net: str, sub: str) -> list[str]:
+    """The masquerade chain as iptables-save prints it (iptables 1.8: --random-fully)."""
+    return [":FLANNEL-POSTRTG - [0:0]", *masq_lines(net, sub)]
 
 
-def forward_lines(net: str) -> list[str]:
-    return [
-        ":FLANNEL-FWD - [0:0]",
-        f"-A FORWARD {FC} -j FLANNEL-FWD",
-        f"-A FLANNEL-FWD -s {net} {FC} -j ACCEPT",
-        f"-A FLANNEL-FWD -d {net} {FC} -j ACCEPT",
-    ]
+def forward_lines_declared(net: str) -> list[str]:
+    return [":FLANNEL-FWD - [0:0]", *forward_lines(net)]
 
 
 def ours(host: Host, table: str, save: str = "iptables-save") -> list[str]:
     """The lines of ``iptables-save -t table`` that are pyflannel's or in its chains."""
     out = host.ns.run(save, "-t", table).stdout.splitlines()
     return [line for line in out if "flanneld" in line or "FLANNEL-" in line]
-
-
-def seen_as(src: Namespace, dst: str) -> str:
-    """The source address the listener at ``dst`` saw, as it echoes it ('' if no answer)."""
-    return src.run(sys.executable, "-c", PROBE, dst, timeout=10).stdout.strip()
-
-
-def start_listener(ns: Namespace, log: Path) -> None:
-    with log.open("w") as out:
-        proc = ns.popen(sys.executable, "-u", "-c", LISTENER, stdout=out)
-    deadline = time.monotonic() + 10
-    while not log.read_text().startswith("ready"):
-        assert proc.poll() is None and time.monotonic() < deadline, "listener did not start"
-        time.sleep(0.05)
 
 
 def wait_until(check: object, timeout: float, what: str) -> float:
@@ -186,7 +131,10 @@ def test_iptables_save_shows_exactly_flanneld_rules_and_deleted_ones_return(
     host = cluster.hosts[0]
     daemon = cluster.start(host, "--ip-masq", "--iptables-resync=1")
     subnet = daemon.wait_ready()["FLANNEL_SUBNET"].replace(".1/", ".0/")
-    expected = {"nat": masq_lines("10.5.0.0/16", subnet), "filter": forward_lines("10.5.0.0/16")}
+    expected = {
+        "nat": masq_lines_declared("10.5.0.0/16", subnet),
+        "filter": forward_lines_declared("10.5.0.0/16"),
+    }
     assert {table: ours(host, table) for table in expected} == expected
     assert ":FORWARD DROP [0:0]" in host.ns.run("iptables-save", "-t", "filter").stdout
     sabotage = [
@@ -212,14 +160,14 @@ def test_a_restart_with_another_network_removes_the_old_masquerade_rules(
     server.etcdctl("put", f"{PREFIX}/config", config("10.5.0.0/16", "alloc"))
     daemon = cluster.start(host, "--ip-masq")
     old = daemon.wait_ready()["FLANNEL_SUBNET"].replace(".1/", ".0/")
-    assert ours(host, "nat") == masq_lines("10.5.0.0/16", old)
+    assert ours(host, "nat") == masq_lines_declared("10.5.0.0/16", old)
     daemon.stop()
     server.etcdctl("put", f"{PREFIX}/config", config("10.7.0.0/16", "alloc"))
     daemon.start()
     new = daemon.wait_ready()["FLANNEL_SUBNET"].replace(".1/", ".0/")
     assert new.startswith("10.7.")
-    assert ours(host, "nat") == masq_lines("10.7.0.0/16", new)
-    assert ours(host, "filter") == forward_lines("10.7.0.0/16")
+    assert ours(host, "nat") == masq_lines_declared("10.7.0.0/16", new)
+    assert ours(host, "filter") == forward_lines_declared("10.7.0.0/16")
     for table in ("nat", "filter"):
         assert "10.5." not in host.ns.run("iptables-save", "-t", table).stdout
 
@@ -237,7 +185,7 @@ def test_the_rules_follow_the_iptables_command_to_the_legacy_back_end(
     env = {"PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
     daemon = cluster.start(host, "--ip-masq", env=env)
     subnet = daemon.wait_ready()["FLANNEL_SUBNET"].replace(".1/", ".0/")
-    assert ours(host, "nat", "iptables-legacy-save") == masq_lines("10.5.0.0/16", subnet)
-    assert ours(host, "filter", "iptables-legacy-save") == forward_lines("10.5.0.0/16")
+    assert ours(host, "nat", "iptables-legacy-save") == masq_lines_declared("10.5.0.0/16", subnet)
+    assert ours(host, "filter", "iptables-legacy-save") == forward_lines_declared("10.5.0.0/16")
     assert ours(host, "nat", "iptables-nft-save") == []
     assert "(legacy)" in daemon.log()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,6 +28,7 @@ import pytest
 from pyroute2 import netns as pyroute2_netns
 from support import netns
 from support.netns import Host, Namespace, Topology, TopologyFactory
+from support.ruleprobe import forward_lines, masq_lines, seen_as, start_listener
 
 from pyflannel import aio
 from pyflannel.errors import ConfigError
@@ -41,31 +41,6 @@ T = TypeVar("T")
 
 NET = IPv4Network("10.5.0.0/16")
 SUB = IPv4Network("10.5.34.0/24")
-MC = '-m comment --comment "flanneld masq"'
-FC = '-m comment --comment "flanneld forward"'
-
-
-def masq_lines(net: str, sub: str, random_fully: bool = True) -> list[str]:
-    """facts §9.2 masquerade rules as iptables-save prints them."""
-    rf = " --random-fully" if random_fully else ""
-    return [
-        f"-A POSTROUTING {MC} -j FLANNEL-POSTRTG",
-        f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG -s {sub} -d {net} {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG -s {net} -d {sub} {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG ! -s {net} -d {sub} {MC} -j RETURN",
-        f"-A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {MC} -j MASQUERADE{rf}",
-        f"-A FLANNEL-POSTRTG ! -s {net} -d {net} {MC} -j MASQUERADE{rf}",
-    ]
-
-
-def forward_lines(net: str) -> list[str]:
-    """facts §9.2 FORWARD rules as iptables-save prints them."""
-    return [
-        f"-A FORWARD {FC} -j FLANNEL-FWD",
-        f"-A FLANNEL-FWD -s {net} {FC} -j ACCEPT",
-        f"-A FLANNEL-FWD -d {net} {FC} -j ACCEPT",
-    ]
 
 
 class Box:
@@ -273,46 +248,6 @@ def test_missing_iptables_is_a_clear_error_only_when_rules_are_wanted(tmp_path: 
 # --- traffic -----------------------------------------------------------------------
 
 OUTSIDE = "198.51.100.99"
-LISTENER = """
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("0.0.0.0", 9999))
-print("ready", flush=True)
-for _ in range(50):
-    data, peer = sock.recvfrom(2048)
-    print(peer[0], flush=True)
-    try:
-        sock.sendto(peer[0].encode(), peer)
-    except OSError:  # no route back to an address that was not masqueraded
-        pass
-"""
-PROBE = """
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.settimeout(0.5)
-for _ in range(6):
-    sock.sendto(b"who am i", (sys.argv[1], 9999))
-    try:
-        print(sock.recv(2048).decode())
-        break
-    except TimeoutError:
-        pass
-"""
-
-
-def seen_as(src: Namespace, dst: str) -> str:
-    """The source address a UDP listener at ``dst`` saw, as it echoes it back ('' if none)."""
-    return src.run(sys.executable, "-c", PROBE, dst, timeout=10).stdout.strip()
-
-
-def start_listener(ns: Namespace, log: Path) -> None:
-    """A UDP echo of the peer address on port 9999; waits until it listens."""
-    with log.open("w") as out:
-        proc = ns.popen(sys.executable, "-u", "-c", LISTENER, stdout=out)
-    deadline = time.monotonic() + 10
-    while not log.read_text().startswith("ready"):
-        assert proc.poll() is None and time.monotonic() < deadline, "listener did not start"
-        time.sleep(0.05)
 
 
 @pytest.fixture(params=["nft", "legacy"])
