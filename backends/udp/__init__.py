@@ -55,7 +55,6 @@ from typing import Any
 
 from pyflannel.backend import BackendContext, PeerUpdate, Prepared
 from pyflannel.backends.udp import tun as tundev
-from pyflannel.backends.udp.batched import BatchedPath, enable_socket_offloads
 from pyflannel.backends.udp.proxy import DataPath, icmp_source, open_socket
 from pyflannel.backends.udp.routes import RouteTable
 from pyflannel.errors import BackendError, ConfigError
@@ -124,7 +123,12 @@ class UdpBackend:
 
     @staticmethod
     def _can_batch(sock: socket.socket) -> bool:
-        """Whether the kernel has what the offload path needs (else: the plain path)."""
+        """Whether the kernel has what the offload path needs (else: the plain path).
+
+        The offload path (and NumPy with it) is loaded only here, when it is wanted.
+        """
+        from pyflannel.backends.udp.batched import enable_socket_offloads
+
         gso, gro = enable_socket_offloads(sock)
         if not gro:
             logger.info("udp backend: the kernel has no UDP_GRO; receiving one datagram per call")
@@ -143,7 +147,11 @@ class UdpBackend:
         network = self._ctx.config.network
         await tundev.address_link(self._tun.name, own.subnet.network_address, network)
         routes = RouteTable(self._port)
-        path = BatchedPath if self._tun.vnet_hdr else DataPath
+        path = DataPath
+        if self._tun.vnet_hdr:
+            from pyflannel.backends.udp.batched import BatchedPath
+
+            path = BatchedPath
         self._path = path(
             self._tun, self._sock, subnet=own.subnet, routes=routes,
             accept_unknown=self._accept_unknown, icmp_source=icmp_source(network),

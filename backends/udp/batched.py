@@ -34,10 +34,8 @@ from pyflannel.backends.udp.offload import (
     GSO_TCPV4,
     VNET_HDR,
     VNET_HDR_LEN,
-    coalesce_runs,
     complete_checksum,
     merge_headers,
-    segment_tcp4,
     segmented_size,
 )
 from pyflannel.backends.udp.packet import (
@@ -50,6 +48,7 @@ from pyflannel.backends.udp.packet import (
 from pyflannel.backends.udp.proxy import BUDGET, BUFFER_SIZE, DataPath
 from pyflannel.backends.udp.routes import RouteTable
 from pyflannel.backends.udp.tun import Tun
+from pyflannel.backends.udp.vector import run_lengths, segment_tcp4_vec
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ class BatchedPath(DataPath):
         if len(pkt) <= hlen or segmented_size(len(pkt) - hlen, mss, hlen) > len(out):
             self.counters.drop(Verdict.UNSUPPORTED)
             return
-        size, written = segment_tcp4(pkt, mss, out)
+        size, written = segment_tcp4_vec(pkt, mss, out)
         self._send_run(out[:written], size, hop)
 
     def _send_run(self, data: memoryview, size: int, hop: tuple[str, int]) -> None:
@@ -261,11 +260,14 @@ class BatchedPath(DataPath):
         """Check and write the packets of one receive, merging runs of one TCP flow.
 
         The head of a run is checked in full; the rest share its headers (the merge
-        rules compare them), and their own headers are dropped in the merge.
+        rule, :func:`.vector.run_lengths`, compares them), and their own headers are
+        dropped in the merge.
         """
-        packets = [data[start : start + segment] for start in range(0, len(data), segment)]
-        for first, count in coalesce_runs(packets):
-            head = packets[first]
+        pos = 0
+        end = len(data)
+        while pos < end:
+            count = run_lengths(data[pos:], segment) if end - pos > segment else 1
+            head = data[pos : pos + segment]
             verdict = check_inbound(head, self._network, self._netmask)
             if verdict:
                 self.counters.drops[verdict] += count
@@ -273,17 +275,21 @@ class BatchedPath(DataPath):
                 decrement_ttl(head)
                 self._write_frame([ZERO_VNET_HDR, head], 1)
             else:
-                self._write_merged(packets[first : first + count])
+                self._write_merged(data[pos : pos + count * segment], segment, count)
+            pos += count * segment
 
-    def _write_merged(self, run: list[memoryview]) -> None:
-        head = run[0]
+    def _write_merged(self, run: memoryview, segment: int, count: int) -> None:
+        """Write ``count`` full-sized segments laid end to end as one super-packet."""
+        head = run[:segment]
         hlen = 20 + ((head[32] >> 4) << 2)
-        total = len(head) + sum(len(pkt) - hlen for pkt in run[1:])
+        total = segment + (count - 1) * (segment - hlen)
         head[8] -= 1  # the TTL; merge_headers recomputes the header checksum
-        vnet = merge_headers(head, total, run[-1][33], len(head) - hlen)
+        last_flags = run[(count - 1) * segment + 33]
+        vnet = merge_headers(head, total, last_flags, segment - hlen)
         header = bytearray(VNET_HDR_LEN)
         vnet.pack_into(header)
-        self._write_frame([header, head, *(pkt[hlen:] for pkt in run[1:])], len(run))
+        parts = [run[at + hlen : at + segment] for at in range(segment, len(run), segment)]
+        self._write_frame([header, head, *parts], count)
 
     def _write_frame(self, parts: list[bytes | bytearray | memoryview], count: int) -> None:
         try:

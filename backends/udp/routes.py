@@ -78,6 +78,11 @@ class RouteTable:
                 return hop
         return None
 
+    @property
+    def peers(self) -> frozenset[str]:
+        """The public IPs (dotted quads) of all peer leases: the senders the data path accepts."""
+        return self._peers
+
     def holds_lease(self, source_ip: str) -> bool:
         """Whether ``source_ip`` (dotted quad) is the public IP of some peer lease."""
         return source_ip in self._peers

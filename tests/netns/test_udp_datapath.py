@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from support import procs
 from support.netns import Container, Host, Namespace, Topology, TopologyFactory, unavailable
+from support.packets import word_checksum
 
 pytestmark = pytest.mark.netns
 
@@ -88,15 +89,6 @@ try:
 except OSError as exc:
     print(exc.errno, round(time.monotonic() - start, 2))
 """
-
-
-def word_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def inner_udp(src: str, dst: str, payload: bytes, *, ttl: int = 64, dport: int = 9999) -> bytes:

@@ -8,6 +8,7 @@ from ipaddress import IPv4Address
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.packets import word_checksum
 
 from pyflannel.backends.udp.packet import (
     Verdict,
@@ -24,17 +25,6 @@ from pyflannel.backends.udp.packet import (
 
 OWN_NET = 0x0A040200  # 10.4.2.0/24
 OWN_MASK = 0xFFFFFF00
-
-
-def word_checksum(data: bytes) -> int:
-    """RFC 1071 the slow, obvious way: 16-bit words, end-around carry, complement."""
-    if len(data) % 2:
-        data += b"\0"
-    total = 0
-    for (word,) in struct.iter_unpack("!H", data):
-        total += word
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ipv4(
