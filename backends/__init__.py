@@ -6,7 +6,7 @@ top-level ``backends`` package would load the same files twice under two names.
 
 ``BACKENDS`` maps a network-config ``Backend.Type`` (lower-cased, as flanneld looks
 it up) to the ``module:Class`` that implements it. Modules are imported lazily so
-a udp-only process never loads pyroute2's vxlan code and an unknown type is a
+a process never loads the code of backends it does not run and an unknown type is a
 plain lookup failure that the daemon turns into a configuration error.
 """
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pyroute2 import AsyncIPRoute
-
 from pyflannel.backend import ExternalInterface
 from pyflannel.core.ifacepick import RouteLookup, Selection, can_reach_target, pick
 from pyflannel.netlink.hostinfo import read_host, route_to
+from pyflannel.netlink.rtnl.transport import RtnlSocket
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +33,12 @@ async def select_interface(
     explicit = bool(iface or iface_regex or iface_can_reach)
     if not explicit and not public_ip:
         logger.info("Determining IP address of default interface")
-    async with AsyncIPRoute() as ipr:
-        host = await read_host(ipr)
+    async with RtnlSocket() as sock:
+        host = await read_host(sock)
         can_reach: RouteLookup | None = None
         target = can_reach_target(iface_can_reach) if iface_can_reach else None
         if target is not None:
-            can_reach = await route_to(ipr, target)
+            can_reach = await route_to(sock, target)
     selection = pick(
         host,
         iface=iface,

@@ -1,7 +1,7 @@
 """The ``flannel0`` TUN device: open it, ask for offloads, give it an address and a route.
 
-pyroute2 can create a TUN device but hands back no file descriptor, and the data path
-needs one, so the device is opened the classic way (``/dev/net/tun`` + ``TUNSETIFF``).
+The data path needs the device's file descriptor, so the device is opened the classic
+way (``/dev/net/tun`` + ``TUNSETIFF``) and then configured over rtnetlink.
 It lives in the network namespace of the calling thread and disappears when the fd is
 closed: flanneld's ``flannel0`` behaves the same (it is not persistent).
 
@@ -14,19 +14,16 @@ address as a /32, link up, and one route for the whole flannel Network via the d
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
 import struct
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from pyflannel.core.kernelstate import RTPROT_BOOT, Route
 from pyflannel.errors import BackendError
+from pyflannel.netlink.ops import NetlinkOps
 
 logger = logging.getLogger(__name__)
 
@@ -116,44 +113,28 @@ def disable_ipv6(name: str) -> None:
 async def prepare_link(name: str, mtu: int) -> None:
     """IPv6 off and the MTU set, before the link is up."""
     disable_ipv6(name)
-    async with AsyncIPRoute() as ipr:
-        index = await _index(ipr, name)
-        await ipr.link("set", index=index, mtu=mtu)
+    async with NetlinkOps() as ops:
+        await ops.set_link(await _index(ops, name), mtu=mtu)
 
 
 async def address_link(name: str, local: IPv4Address, network: IPv4Network) -> None:
     """``local``/32 on the device, link up, and a route for ``network`` through it.
 
     An address or route that already exists is fine (flanneld tolerates EEXIST too).
+    The route is flanneld's, attribute for attribute: scope universe, protocol boot.
     """
-    async with AsyncIPRoute() as ipr:
-        index = await _index(ipr, name)
-        await _tolerate_exists(ipr.addr("add", index=index, address=str(local), prefixlen=32))
-        await ipr.link("set", index=index, state="up")
-        await _tolerate_exists(
-            ipr.route(
-                "add",
-                dst=str(network),
-                oif=index,
-                scope=0,  # universe and proto boot: flanneld's route, attribute for attribute
-                proto=3,
-            )
-        )
+    async with NetlinkOps() as ops:
+        index = await _index(ops, name)
+        await ops.add_address(index, IPv4Interface((local, 32)))
+        await ops.set_link(index, up=True)
+        await ops.add_route(Route(str(network), "", index, proto=RTPROT_BOOT))
 
 
-async def _index(ipr: AsyncIPRoute, name: str) -> int:
-    found = await ipr.link_lookup(ifname=name)
-    if not found:
+async def _index(ops: NetlinkOps, name: str) -> int:
+    link = await ops.link(name)
+    if link is None:
         raise BackendError(f"TUN device {name} vanished while it was being configured")
-    return int(found[0])
-
-
-async def _tolerate_exists(request: Awaitable[object]) -> None:
-    try:
-        await request
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise BackendError(f"netlink request failed: {exc}") from exc
+    return link.index
 
 
 def close_tun(tun: Tun) -> None:

@@ -1,5 +1,5 @@
 """Pure decisions: allocation, lease diffing, renewal timing, subnet.env, reconciliation.
 
-Nothing here performs I/O, imports asyncio, sockets, pyroute2 or an etcd client, or
+Nothing here performs I/O, imports asyncio, sockets, netlink code or an etcd client, or
 reads the clock: time comes in as an argument.
 """

@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
-from pyroute2 import AsyncIPRoute
-
 from pyflannel.backend import ExternalInterface
 from pyflannel.backends.hostgw import desired as hostgw
 from pyflannel.backends.vxlan import desired as vxlan
@@ -30,6 +28,7 @@ from pyflannel.model.lease import Lease
 from pyflannel.netlink.applier import Reconciler
 from pyflannel.netlink.hostinfo import read_host
 from pyflannel.netlink.ops import NetlinkOps
+from pyflannel.netlink.rtnl.transport import RtnlSocket
 
 logger = logging.getLogger(__name__)
 UDP_DEVICE = "flannel0"
@@ -67,8 +66,8 @@ async def kernel_findings(
     ops = NetlinkOps()
     try:
         await ops.open()
-        async with AsyncIPRoute() as ipr:
-            host = await read_host(ipr)
+        async with RtnlSocket() as sock:
+            host = await read_host(sock)
         return await check(Context(config, own, tuple(peers), mtu, host, ops))
     except (PyflannelError, OSError) as exc:
         return (), (f"cannot read this host's kernel state: {exc}",)

@@ -19,8 +19,7 @@ from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
 
 import pytest
-from pyroute2 import netns as pyroute2_netns
-from support import netns
+from support import netns, nsjoin
 from support.netns import Namespace
 
 from pyflannel.backend import ExternalInterface
@@ -61,7 +60,7 @@ def select_in(
 
     def worker() -> None:
         try:
-            pyroute2_netns.setns(ns.name, flags=0, fork=False)
+            nsjoin.join(ns.name)
             box["result"] = asyncio.run(
                 select_interface(
                     iface=iface,

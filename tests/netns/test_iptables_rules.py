@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from pyroute2 import netns as pyroute2_netns
-from support import netns
+from support import netns, nsjoin
 from support.netns import Host, Namespace, Topology, TopologyFactory
 from support.ruleprobe import forward_lines, masq_lines, seen_as, start_listener
 
@@ -71,7 +70,7 @@ class Box:
 
         def worker() -> None:
             try:
-                pyroute2_netns.setns(self.ns.name, flags=0, fork=False)
+                nsjoin.join(self.ns.name)
                 box["result"] = asyncio.run(_call(make))
             except BaseException as err:
                 box["error"] = err

@@ -20,8 +20,7 @@ from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
 import pytest
-from pyroute2 import netns as pyroute2_netns
-from support import netns
+from support import netns, nsjoin
 from support.factories import lease
 from support.netns import Namespace
 
@@ -61,7 +60,7 @@ class NsLoop:
 
         def main() -> None:
             try:
-                pyroute2_netns.setns(ns, flags=0)
+                nsjoin.join(ns)
             except BaseException as exc:
                 failure.append(exc)
                 joined.set()

@@ -1,15 +1,13 @@
-"""A minimal rtnetlink codec for routes, neighbours and FDB entries, by hand.
+"""Routes, neighbours and FDB entries: the requests the applier sends, and dump parsing.
 
-Why not pyroute2 for these: it spends about half a millisecond of CPU per request
-and answers each before sending the next, so programming 1000 peers (3000
-requests) would take seconds. Encoded here with ``struct``, thousands of requests
-go to the kernel in a few socket writes (see :mod:`pyflannel.netlink.ops`), and a
-dump of 5000 routes parses in milliseconds. Links and addresses, which change
-rarely and have many attributes, stay with pyroute2.
+Why by hand: a general netlink library spends about half a millisecond of CPU per
+request and answers each before sending the next, so programming 1000 peers (3000
+requests) would take seconds. Encoded here with ``struct``, thousands of requests go
+to the kernel in a few socket writes (see :mod:`.transport`), and a dump of 5000
+routes parses in milliseconds.
 
-Everything is in host byte order, as netlink is. Only what the applier needs is
-decoded; anything else (multipath routes, IPv6 remotes) is skipped, which keeps it
-out of the applier's reach.
+Only what the applier needs is decoded; anything else (multipath routes, IPv6
+remotes) is skipped, which keeps it out of the applier's reach.
 
 Rules of this file: bytes in, bytes or values out; no I/O (``socket`` only lends
 ``inet_aton``/``inet_ntoa``, the fastest address conversions in the standard library).
@@ -18,23 +16,23 @@ Rules of this file: bytes in, bytes or values out; no I/O (``socket`` only lends
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from socket import inet_aton, inet_ntoa
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from pyflannel.core.kernelstate import MAIN_TABLE, Change, FdbEntry, Neighbour, Op, Route
+from pyflannel.netlink.rtnl.wire import (
+    ATTR,
+    I32,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    U32,
+    Buffer,
+    Request,
+)
+from pyflannel.netlink.rtnl.wire import attr as _attr
 
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP_INTR = 0x10
-NLM_F_DUMP = 0x300
-NLM_F_REPLACE = 0x100
-NLM_F_CREATE = 0x400
-
-RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 
@@ -48,34 +46,10 @@ NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x2
 
-Buffer = bytes | bytearray | memoryview
-T = TypeVar("T")
-HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 RTMSG = struct.Struct(
     "=BBBBBBBBI"
 )  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
-ATTR = struct.Struct("=HH")
-U32 = struct.Struct("=I")
-I32 = struct.Struct("=i")
-
-
-class Request(NamedTuple):
-    """One netlink request without its header's length, sequence number and port."""
-
-    msg_type: int
-    flags: int
-    body: bytes
-
-    def frame(self, seq: int, extra_flags: int = 0) -> bytes:
-        """The complete message with ``seq`` and NLM_F_REQUEST set."""
-        flags = self.flags | extra_flags | NLM_F_REQUEST
-        return HEADER.pack(HEADER.size + len(self.body), self.msg_type, flags, seq, 0) + self.body
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    length = ATTR.size + len(data)
-    return ATTR.pack(length, kind) + data + b"\0" * (-length % 4)
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -165,6 +139,13 @@ def _fdb_request(entry: FdbEntry, setting: bool) -> Request:
     return Request(RTM_DELNEIGH, 0, header + _attr(NDA_LLADDR, mac) + _attr(NDA_DST, dst))
 
 
+def route_add(route: Route) -> Request:
+    """Create ``route`` only if no route for its prefix and metric exists (EEXIST if one
+    does), as ``ip route add`` and flanneld's udp backend do."""
+    request = _route_set(route)
+    return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, request.body)
+
+
 def route_dump(*, oif: int | None = None, proto: int = 0) -> Request:
     """Dump main-table IPv4 routes, filtered by the kernel by device or protocol.
 
@@ -187,99 +168,6 @@ def neighbour_dump(ifindex: int) -> Request:
 def fdb_dump(ifindex: int) -> Request:
     """Dump the FDB of one device (with strict checking, ``ifindex`` selects the port)."""
     return Request(RTM_GETNEIGH, NLM_F_DUMP, NDMSG.pack(AF_BRIDGE, ifindex, 0, 0, 0))
-
-
-class Message(NamedTuple):
-    """A received netlink message: header fields and the payload's place in the buffer.
-
-    A named tuple, because a dump yields thousands of them.
-    """
-
-    msg_type: int
-    flags: int
-    seq: int
-    pid: int
-    start: int  # payload offset
-    end: int
-
-    def error_code(self, data: Buffer) -> int:
-        """For NLMSG_ERROR: 0 for an acknowledgement, else a positive errno."""
-        code: int = I32.unpack_from(data, self.start)[0]
-        return -code
-
-
-def messages(data: Buffer) -> Iterator[Message]:
-    """The messages in one datagram from a netlink socket."""
-    offset = 0
-    size = len(data)
-    while offset + HEADER.size <= size:
-        length, msg_type, flags, seq, pid = HEADER.unpack_from(data, offset)
-        if length < HEADER.size or offset + length > size:
-            return
-        yield Message(msg_type, flags, seq, pid, offset + HEADER.size, offset + length)
-        offset += (length + 3) & ~3
-
-
-class DumpRefused(Exception):
-    """The kernel answered a dump request with an error (``code``: a positive errno)."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def read_dump(
-    data: Buffer,
-    seq: int,
-    decode: tuple[
-        Callable[[Buffer, int, int], T | None], Callable[[Buffer, int, int], bytes | None]
-    ],
-    previous: dict[bytes, T],
-    into: tuple[list[T], dict[bytes, T]],
-) -> tuple[bool, bool]:
-    """Decode one datagram of the dump ``seq``; return (finished, interrupted).
-
-    ``decode`` is (parse, fingerprint); entries go to ``into`` (the list of entries and
-    the fingerprint → entry map for the next dump). A message whose fingerprint is in
-    ``previous`` is not parsed again. The loop is written out (no generator, no message
-    objects) because a resync decodes tens of thousands of messages.
-    """
-    parse, fingerprint = decode
-    found, parsed = into
-    offset, size, interrupted = 0, len(data), False
-    while offset + HEADER.size <= size:
-        length, msg_type, flags, msg_seq, _ = HEADER.unpack_from(data, offset)
-        if length < HEADER.size or offset + length > size:
-            break
-        start, end = offset + HEADER.size, offset + length
-        offset += (length + 3) & ~3
-        if msg_seq != seq:
-            continue
-        if msg_type == NLMSG_DONE:
-            return True, interrupted
-        if msg_type == NLMSG_ERROR:
-            raise DumpRefused(-I32.unpack_from(data, start)[0])
-        interrupted |= bool(flags & NLM_F_DUMP_INTR)
-        key = fingerprint(data, start, end)
-        item = previous.get(key) if key is not None else None
-        if item is None:
-            item = parse(data, start, end)
-        if item is not None:
-            found.append(item)
-            if key is not None:
-                parsed[key] = item
-    return False, interrupted
-
-
-def _attrs(data: Buffer, offset: int, end: int) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
-    while offset + ATTR.size <= end:
-        length, kind = ATTR.unpack_from(data, offset)
-        if length < ATTR.size:
-            break
-        found[kind & 0x3FFF] = bytes(data[offset + ATTR.size : offset + length])
-        offset += (length + 3) & ~3
-    return found
 
 
 def parse_route(data: Buffer, start: int, end: int) -> Route | None:
@@ -397,33 +285,3 @@ def _prefix_fingerprint(data: Buffer, start: int, end: int, layout: _Layout) -> 
     ):
         return None
     return bytes(data[start : start + layout.size])
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A change the kernel announced: what kind, on which device, caused by whom."""
-
-    kind: str  # "link", "route" or "neigh"
-    deleted: bool
-    ifindex: int  # the link, the route's device or the neighbour's device (0: unknown)
-    proto: int = 0  # routes only
-    table: int = 0  # routes only
-    pid: int = 0  # the netlink port of the process that caused it (0: the kernel)
-
-
-def parse_notice(data: Buffer, msg: Message) -> Notice | None:
-    """Decode a multicast notification about links, IPv4 routes or neighbours."""
-    kind = msg.msg_type
-    if kind in (RTM_NEWLINK, RTM_DELLINK):
-        ifindex = I32.unpack_from(data, msg.start + 4)[0]
-        return Notice("link", kind == RTM_DELLINK, ifindex, pid=msg.pid)
-    if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
-        ifindex = NDMSG.unpack_from(data, msg.start)[1]
-        return Notice("neigh", kind == RTM_DELNEIGH, ifindex, pid=msg.pid)
-    if kind in (RTM_NEWROUTE, RTM_DELROUTE):
-        _, _, _, _, table, proto, _, _, _ = RTMSG.unpack_from(data, msg.start)
-        attrs = _attrs(data, msg.start + RTMSG.size, msg.end)
-        table = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
-        oif = I32.unpack(attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
-        return Notice("route", kind == RTM_DELROUTE, oif, proto, table, msg.pid)
-    return None
