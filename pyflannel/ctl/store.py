@@ -11,7 +11,8 @@ other. ``pyflannelctl config set`` avoids it by writing where the daemons read:
 
 The daemon's registries only read the config, so the writes live here, on the same
 connection classes (:mod:`pyflannel.registry.etcdconn`, ``etcd2conn``) and therefore
-with the same endpoints, TLS and authentication handling.
+with the same endpoints, TLS and authentication handling. The v2 connection (and
+with it httpx) is imported only when the v2 store is actually looked at.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any, Protocol
 from pyflannel.errors import RegistryError
 from pyflannel.options import Options
 from pyflannel.registry.common import join_key
-from pyflannel.registry.etcd2conn import KEY_NOT_FOUND, Etcd2Connection
 from pyflannel.registry.etcdconn import EtcdConnection, EtcdSettings
+from pyflannel.registry.etcdwire import parse_range, put_request, range_request
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ConfigStore(Protocol):
 
 
 class V3ConfigStore:
-    """The config key through the etcd v3 (gRPC) API."""
+    """The config key through the etcd v3 API."""
 
     api = "v3"
 
@@ -65,17 +66,12 @@ class V3ConfigStore:
         return f"{self.key} (etcd v3 API at {self._conn.endpoints})"
 
     async def read(self) -> str | None:
-        key = self.key.encode()
-        kv = await self._conn.call(lambda c: c.get(key))
-        return None if kv is None else bytes(kv.value).decode("utf-8", "replace")
+        kvs, _ = await self._conn.call("/kv/range", range_request(self.key.encode()), parse_range)
+        return kvs[0].value.decode("utf-8", "replace") if kvs else None
 
     async def write(self, text: str) -> None:
-        key, value = self.key.encode(), text.encode()
-
-        async def put(client: Any) -> None:
-            await client.put(key, value)
-
-        await self._conn.call(put)
+        request = put_request(self.key.encode(), text.encode())
+        await self._conn.call("/kv/put", request, _ignore)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -87,6 +83,8 @@ class V2ConfigStore:
     api = "v2"
 
     def __init__(self, settings: EtcdSettings, prefix: str) -> None:
+        from pyflannel.registry.etcd2conn import Etcd2Connection
+
         self._conn = Etcd2Connection(settings)
         self.key = join_key(prefix, "config")
 
@@ -94,6 +92,8 @@ class V2ConfigStore:
         return f"{self.key} (etcd v2 API at {self._conn.endpoints})"
 
     async def read(self) -> str | None:
+        from pyflannel.registry.etcd2conn import KEY_NOT_FOUND
+
         params = {"quorum": "true", "recursive": "false", "sorted": "false"}
         reply = await self._conn.call("GET", self.key, params=params)
         if reply.error_code == KEY_NOT_FOUND:
@@ -113,6 +113,10 @@ class V2ConfigStore:
 
     async def close(self) -> None:
         await self._conn.close()
+
+
+def _ignore(answer: Any) -> None:
+    """For a put, whose answer says nothing beyond success."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -10,20 +10,18 @@ etcd lease is a reservation (expiration None).
 The watch follows the contract in :mod:`pyflannel.registry.base`: it resumes from
 the last revision after any failure and turns a compacted history into a snapshot.
 Connection, TLS, authentication and error mapping live in
-:mod:`pyflannel.registry.etcdconn`.
+:mod:`pyflannel.registry.etcdconn`, the JSON encoding of etcd's gateway in
+:mod:`pyflannel.registry.etcdwire`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
-
-from aetcd import rpc
 
 from pyflannel.core.renewal import LEASE_TTL, Backoff
 from pyflannel.errors import (
@@ -32,7 +30,6 @@ from pyflannel.errors import (
     PeerDataError,
     RegistryError,
     RegistryPermissionError,
-    RegistryUnavailable,
     WatchResyncRequired,
 )
 from pyflannel.model.lease import (
@@ -47,21 +44,38 @@ from pyflannel.model.lease import (
 )
 from pyflannel.model.net import SubnetKey, parse_subnet_key
 from pyflannel.registry.common import Outage, join_key
-from pyflannel.registry.etcdconn import EtcdConnection
+from pyflannel.registry.etcdconn import EtcdConnection, WatchStream
 from pyflannel.registry.etcdsettings import EtcdSettings
+from pyflannel.registry.etcdwire import (
+    KeyValue,
+    WatchEvent,
+    WatchResponse,
+    cancel_error,
+    create_request,
+    delete_request,
+    grant_request,
+    lease_request,
+    parse_grant,
+    parse_range,
+    parse_ttl,
+    parse_txn,
+    prefix_end,
+    put_request,
+    range_request,
+    watch_request,
+)
 
 if TYPE_CHECKING:
     from pyflannel.options import Options
 
 logger = logging.getLogger(__name__)
 _ZERO = IPv4Address(0)
-_PUT = 0  # mvccpb.Event.EventType
-_TTL_WINDOW = 256  # LeaseTimeToLive calls in flight at once
+_TTL_WINDOW = 1024  # LeaseTimeToLive calls sent at once (pipelined, a few connections)
 WATCH_BACKOFF = Backoff(initial=0.1, cap=5.0)
 
 
 class Etcd3Registry:
-    """Leases and config in etcd through the v3 (gRPC) API."""
+    """Leases and config in etcd through the v3 API (on etcd's JSON gateway)."""
 
     def __init__(
         self,
@@ -93,8 +107,9 @@ class Etcd3Registry:
         return f"etcd v3 API at {self._conn.endpoints}{tls}, prefix {self._prefix}"
 
     async def get_network_config(self) -> str:
-        kv = await self._conn.call(lambda c: c.get(self._config_key.encode()))
-        if kv is None:
+        request = range_request(self._config_key.encode())
+        kvs, _ = await self._conn.call("/kv/range", request, parse_range)
+        if not kvs:
             raise ConfigNotFound(
                 f"network config key {self._config_key} not found in etcd at"
                 f" {self._conn.endpoints} (v3 API). Write it with the v3 API, e.g."
@@ -102,31 +117,25 @@ class Etcd3Registry:
                 " with 'etcdctl set' (v2 API) lives in a separate keyspace that the v3 API"
                 " cannot see (use --etcd-api=v2 for such a cluster)"
             )
-        return bytes(kv.value).decode("utf-8", "replace")
+        return kvs[0].value.decode("utf-8", "replace")
 
     async def list_leases(self) -> tuple[list[Lease], int]:
-        result = await self._conn.call(lambda c: c.get_prefix(self._subnets.encode()))
-        kvs = list(result.kvs)
+        prefix = self._subnets.encode()
+        request = range_request(prefix, prefix_end(prefix))
+        kvs, revision = await self._conn.call("/kv/range", request, parse_range)
         ttls = await self._lease_ttls(kv.lease for kv in kvs)
         now = self._clock()
         leases = [lease for kv in kvs if (lease := self._lease(kv, ttls, now)) is not None]
-        return leases, int(result.header.revision)
+        return leases, revision
 
     async def create_lease(self, key: SubnetKey, attrs: LeaseAttrs, ttl: int) -> float | None:
         path = self._lease_key(key).encode()
         value = encode_attrs(attrs, LeaseFormat.V3).encode()
         lease_id, expiration = await self._grant(ttl)
-
-        async def txn(client: Any) -> bool:
-            tx = client.transactions
-            compare = [tx.version(path) == 0]
-            succeeded, _ = await client.transaction(
-                compare=compare, success=[tx.put(path, value, lease=lease_id)], failure=[]
-            )
-            return bool(succeeded)
-
         try:
-            created = await self._conn.call(txn)
+            created = await self._conn.call(
+                "/kv/txn", create_request(path, value, lease_id), parse_txn
+            )
         except RegistryError:
             await self._revoke(lease_id)
             raise
@@ -144,12 +153,12 @@ class Etcd3Registry:
         path = self._lease_key(key).encode()
         value = encode_attrs(attrs, LeaseFormat.V3).encode()
         lease_id, expiration = await self._grant(ttl)
-        await self._conn.call(lambda c: c.put(path, value, lease=lease_id))
+        await self._conn.call("/kv/put", put_request(path, value, lease_id), _ignore)
         return expiration
 
     async def delete_lease(self, key: SubnetKey) -> None:
         path = self._lease_key(key).encode()
-        await self._conn.call(lambda c: c.delete(path))
+        await self._conn.call("/kv/deleterange", delete_request(path), _ignore)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -175,8 +184,7 @@ class Etcd3Registry:
                     return
                 await outage.failed(exc, self._backoff)
                 if isinstance(exc, RegistryPermissionError):
-                    with contextlib.suppress(RegistryError):
-                        await self._conn.reauthenticate()
+                    self._conn.reauthenticate()  # etcd may have forgotten the token
 
     async def _watch_from(self, cursor: int, outage: Outage) -> AsyncGenerator[WatchBatch, None]:
         """One watch stream from ``cursor + 1`` until it fails.
@@ -186,23 +194,36 @@ class Etcd3Registry:
         resuming from it after a break in the middle of a replay would skip events.
         """
         key = self._subnets.encode()
-        async with self._conn.watch_stream() as stream:
-            created = await stream.create(key, _prefix_end(key), cursor + 1)
-            _check_response(created)
-            if created.header.revision < cursor:
+        async with self._conn.watch(watch_request(key, prefix_end(key), cursor + 1)) as stream:
+            created = await stream.read(timeout=self._conn.timeout)
+            _check_response(created, stream.where)
+            if created.revision < cursor:
                 # Watching from a future revision would wait silently for it.
                 raise WatchResyncRequired(
-                    f"etcd is at revision {created.header.revision}, behind {cursor}"
+                    f"etcd is at revision {created.revision}, behind {cursor}"
                     " (restored from a backup?)"
                 )
             outage.recovered()
             while True:
-                response = await stream.read()
-                _check_response(response)
-                if response.events:
-                    yield await self._batch(response.events)
+                events = await self._read_events(stream)
+                if events:
+                    yield self._batch(events)
 
-    async def _batch(self, events: Any) -> WatchBatch:
+    async def _read_events(self, stream: WatchStream) -> list[WatchEvent]:
+        """The events of the next message and of every other one already received: a
+        burst becomes one batch. If a later message ends the watch, the events before
+        it are dropped with it; the watch resumes from the last batch, so they come
+        again."""
+        response = await stream.read()
+        _check_response(response, stream.where)
+        events = list(response.events)
+        while stream.ready:
+            response = await stream.read()
+            _check_response(response, stream.where)
+            events.extend(response.events)
+        return events
+
+    def _batch(self, events: Sequence[WatchEvent]) -> WatchBatch:
         # A watch event names the key's etcd lease but not its TTL. Asking etcd for it
         # would cost a round trip per event (most of the time spent on a burst of new
         # hosts), and nothing downstream of the watch needs more than "it has a TTL":
@@ -210,13 +231,13 @@ class Etcd3Registry:
         now = self._clock()
         out: list[LeaseEvent] = []
         for event in events:
-            if event.type == _PUT:
+            if not event.deleted:
                 lease = self._lease(event.kv, {}, now, default_ttl=LEASE_TTL)
                 if lease is not None:
                     out.append(LeaseEvent(EventKind.ADDED, lease))
             elif (key := self._parse_key(event.kv)) is not None:
                 out.append(LeaseEvent(EventKind.REMOVED, Lease(key, LeaseAttrs(_ZERO), None)))
-        return WatchBatch(int(events[-1].kv.mod_revision), tuple(out))
+        return WatchBatch(events[-1].kv.mod_revision, tuple(out))
 
     async def _snapshot(self) -> WatchBatch:
         leases, revision = await self.list_leases()
@@ -225,14 +246,14 @@ class Etcd3Registry:
     async def _grant(self, ttl: int) -> tuple[int, float | None]:
         if ttl <= 0:
             return 0, None
-        lease = await self._conn.call(lambda c: c.lease(ttl))
-        return int(lease.id), self._clock() + int(lease.ttl)
+        lease_id, granted = await self._conn.call("/lease/grant", grant_request(ttl), parse_grant)
+        return lease_id, self._clock() + granted
 
     async def _revoke(self, lease_id: int) -> None:
         if not lease_id:
             return
         try:
-            await self._conn.call(lambda c: c.revoke_lease(lease_id))
+            await self._conn.call("/lease/revoke", lease_request(lease_id), _ignore)
         except RegistryError as exc:  # the grant then just runs out
             logger.debug("could not revoke etcd lease %x: %s", lease_id, exc)
 
@@ -242,34 +263,19 @@ class Etcd3Registry:
         ttls: dict[int, int] = {}
         for start in range(0, len(ids), _TTL_WINDOW):
             window = ids[start : start + _TTL_WINDOW]
-            ttls.update(await self._conn.call(functools.partial(self._ttl_window, ids=window)))
+            requests = [lease_request(i) for i in window]
+            found = await self._conn.call_many("/lease/timetolive", requests, parse_ttl)
+            ttls.update(zip(window, found, strict=True))
         return ttls
 
-    async def _ttl_window(self, client: Any, ids: list[int]) -> dict[int, int]:
-        # grpc.aio starts each unary call when it is made, so the lookups run
-        # concurrently without creating tasks; awaiting them in order collects them.
-        calls = [
-            client.leasestub.LeaseTimeToLive(
-                rpc.LeaseTimeToLiveRequest(ID=i),
-                timeout=self._conn.timeout,
-                metadata=client.metadata,
-            )
-            for i in ids
-        ]
-        try:
-            return {i: int((await call).TTL) for i, call in zip(ids, calls, strict=True)}
-        finally:
-            for call in calls:
-                call.cancel()
-
     def _lease(
-        self, kv: Any, ttls: dict[int, int], now: float, default_ttl: int = 0
+        self, kv: KeyValue, ttls: dict[int, int], now: float, default_ttl: int = 0
     ) -> Lease | None:
         key = self._parse_key(kv)
         if key is None:
             return None
         try:
-            attrs = decode_attrs(bytes(kv.value))
+            attrs = decode_attrs(kv.value)
         except PeerDataError as exc:
             self._warn_once(kv, exc)
             return None
@@ -277,17 +283,17 @@ class Etcd3Registry:
         expiration = now + max(ttls.get(kv.lease, default_ttl), 0) if kv.lease else None
         return Lease(key, attrs, expiration)
 
-    def _parse_key(self, kv: Any) -> SubnetKey | None:
-        name = bytes(kv.key).decode("utf-8", "replace").removeprefix(self._subnets)
+    def _parse_key(self, kv: KeyValue) -> SubnetKey | None:
+        name = kv.key.decode("utf-8", "replace").removeprefix(self._subnets)
         try:
             return parse_subnet_key(name)
         except PeerDataError as exc:
             self._warn_once(kv, exc)
             return None
 
-    def _warn_once(self, kv: Any, exc: PeerDataError) -> None:
+    def _warn_once(self, kv: KeyValue, exc: PeerDataError) -> None:
         """Warn about a bad key once per write, not on every listing and event."""
-        marker = (bytes(kv.key).decode("utf-8", "replace"), int(kv.mod_revision))
+        marker = (kv.key.decode("utf-8", "replace"), kv.mod_revision)
         if marker not in self._warned:
             self._warned.add(marker)
             logger.warning("ignoring malformed lease %s: %s", marker[0], exc)
@@ -296,18 +302,13 @@ class Etcd3Registry:
         return self._subnets + key.name()
 
 
-def _prefix_end(prefix: bytes) -> bytes:
-    """The range end that makes ``[prefix, end)`` cover every key with the prefix."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
+def _ignore(answer: Any) -> None:
+    """For calls whose answer says nothing beyond success."""
 
 
-def _check_response(response: Any) -> None:
+def _check_response(response: WatchResponse, where: str) -> None:
     """Raise for a watch response that ends the watch (compaction, cancellation)."""
     if response.compact_revision:
         raise WatchResyncRequired(f"history compacted up to {response.compact_revision}")
     if response.canceled:
-        # The reason is only available as text (etcd's Go client parses it too).
-        reason = response.cancel_reason or "no reason given"
-        if "permission denied" in reason:
-            raise RegistryPermissionError(f"etcd cancelled the watch: {reason}")
-        raise RegistryUnavailable(f"etcd cancelled the watch: {reason}")
+        raise cancel_error(response.cancel_reason, where)

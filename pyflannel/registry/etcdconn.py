@@ -1,36 +1,35 @@
-"""The connection to an etcd v3 cluster: channel, TLS, authentication, failover.
+"""The connection to an etcd v3 cluster: endpoints, TLS, authentication, failover.
 
-aetcd speaks the etcd v3 API over ``grpc.aio`` but leaves four things to its user,
-and this module adds them:
+etcd serves its v3 API as JSON over HTTP on the client port (the encoding is in
+:mod:`pyflannel.registry.etcdwire`), so a small HTTP/1.1 client
+(:mod:`pyflannel.httpc`) is all it takes; a gRPC stack would cost the daemon more
+memory than everything else together. What this module adds around the client:
 
-- TLS: aetcd 1.0.0 always opens an insecure channel, so ``_Client.connect`` builds
-  the channel itself and sets the same private attributes aetcd's own ``connect``
-  sets (``channel``, ``metadata``, the stubs). That is why aetcd is pinned exactly.
-- Several endpoints: plaintext IP literals share one grpc ``ipv4:``/``ipv6:`` target
-  (grpc fails over by itself); otherwise every endpoint gets its own channel, used
-  in turn, the next one after a connection failure. TLS always takes the second
-  route so each server certificate is checked against its own host name.
-- Re-authentication: etcd forgets its simple tokens when it restarts; a call that
-  fails with an invalid token authenticates again and is retried once.
-- Errors: every gRPC and aetcd error is mapped to :mod:`pyflannel.errors` here, and
-  every call has a deadline, so nothing above this module hangs or sees gRPC.
-
-The watch stream is opened here on the raw gRPC stub rather than through aetcd's
-watcher, which hides the response boundaries and header revisions the registry
-needs, and cannot send etcd's "require leader" metadata.
+- Several endpoints: a call goes to the current one and, when it gets no answer or
+  an "unavailable" one, moves on to the next, trying each endpoint once.
+- TLS from ``--etcd-cafile/--etcd-certfile/--etcd-keyfile``, for every endpoint or
+  none (:func:`~pyflannel.registry.etcdsettings.use_tls`); each server certificate
+  is checked against the host name of its own endpoint.
+- Authentication: with ``--etcd-username`` a token from Authenticate goes with each
+  request. etcd forgets its tokens when it restarts (and simple tokens expire when
+  unused); a call refused for its token authenticates again and is retried once.
+- Watches ask for a leader (etcd's require-leader metadata, as a gateway header) and
+  probe their member when quiet, so a stopped or cut-off etcd ends them within
+  ``probe_interval + probe_timeout`` (gRPC used keepalive pings for this).
+- The API path: ``/v3`` (etcd 3.4 and later), or ``/v3beta`` for an etcd 3.3 that
+  answers 404 to the former.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-
-import aetcd
-import grpc
-from aetcd import rpc
 
 from pyflannel.errors import (
     ConfigError,
@@ -38,168 +37,86 @@ from pyflannel.errors import (
     RegistryPermissionError,
     RegistryUnavailable,
 )
-from pyflannel.registry.etcdsettings import (
-    CHANNEL_OPTIONS,
-    Endpoint,
-    EtcdSettings,
-    channel_targets,
-    parse_endpoint,
-    use_tls,
+from pyflannel.httpc.client import Origin, Response
+from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint, use_tls
+from pyflannel.registry.etcdwatch import WatchStream
+from pyflannel.registry.etcdwire import (
+    FAILED_PRECONDITION,
+    GATEWAY_TLS_HINT,
+    InvalidToken,
+    MalformedAnswer,
+    answer_error,
+    auth_request,
+    error_status,
+    gateway_lost_etcd,
+    parse_token,
 )
 
-__all__ = [
-    "CHANNEL_OPTIONS",
-    "Endpoint",
-    "EtcdConnection",
-    "EtcdSettings",
-    "WatchStream",
-    "channel_targets",
-    "map_error",
-    "parse_endpoint",
-    "use_tls",
-]
+__all__ = ["Endpoint", "EtcdConnection", "EtcdSettings", "WatchStream", "parse_endpoint"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-_REQUIRE_LEADER = ("hasleader", "true")
+_JSON = ("Content-Type", "application/json")
+_REQUIRE_LEADER = ("Grpc-Metadata-hasleader", "true")
+# A burst of lease writes (hundreds of hosts starting at once) arrives as one watch
+# message each, about a millisecond apart. Reading the socket at most every few ms
+# handles them many at a time instead of one wake-up each: a few times less CPU for
+# a few ms of latency. A lone event is not delayed.
+WATCH_COALESCE = 0.005
+# etcd answers the requests of one connection one after the other: many calls at once
+# (a lease TTL lookup per host) go out on a few connections.
+_SPREAD = 4
 
 
-def _read(path: str, flag: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"{flag}={path}: cannot read it: {exc}") from exc
-
-
-def tls_credentials(settings: EtcdSettings) -> grpc.ChannelCredentials:
-    """Channel credentials from the CA, certificate and key files."""
+def ssl_context(settings: EtcdSettings) -> ssl.SSLContext:
+    """Server verification against ``--etcd-cafile`` (or the system CAs) and the client
+    certificate when both its files are given; TLS 1.2 at least, as flanneld."""
     if bool(settings.certfile) != bool(settings.keyfile):
         logger.warning(
             "only one of --etcd-certfile and --etcd-keyfile is set; no client certificate is sent"
         )
-    with_cert = bool(settings.certfile and settings.keyfile)
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.cafile, "--etcd-cafile") if settings.cafile else None,
-        private_key=_read(settings.keyfile, "--etcd-keyfile") if with_cert else None,
-        certificate_chain=_read(settings.certfile, "--etcd-certfile") if with_cert else None,
-    )
-
-
-def status_code(exc: BaseException) -> grpc.StatusCode | None:
-    """The gRPC status behind an error (aetcd chains the original as ``__cause__``)."""
-    for err in (exc, exc.__cause__):
-        if isinstance(err, grpc.aio.AioRpcError):
-            return err.code()
-    return None
-
-
-def map_error(exc: BaseException, endpoints: str) -> RegistryError:
-    """Our error for a failed etcd call, by what the caller should do next."""
-    if isinstance(exc, RegistryError):
-        return exc
-    code = status_code(exc)
-    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-    detail = detail or type(exc).__name__
-    if isinstance(exc, (TimeoutError, grpc.aio.UsageError)) or code in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
+    for flag, path in (
+        ("--etcd-cafile", settings.cafile),
+        ("--etcd-certfile", settings.certfile),
+        ("--etcd-keyfile", settings.keyfile),
     ):
-        return RegistryUnavailable(f"etcd at {endpoints} is unavailable: {detail}")
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return RegistryPermissionError(f"etcd at {endpoints} refused the request: {detail}")
-    return RegistryError(f"etcd at {endpoints} failed: {detail}")
-
-
-_CALL_ERRORS = (
-    aetcd.ClientError,
-    grpc.RpcError,
-    grpc.aio.UsageError,
-    TimeoutError,
-    RegistryUnavailable,
-)
-
-
-@contextlib.contextmanager
-def _closed_channel_is_an_outage(endpoints: str) -> Iterator[None]:
-    """grpc raises CancelledError in calls on a channel that another failing call
-    closed; that is an outage of this call, not a cancellation of the task."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            raise
-        raise RegistryUnavailable(f"connection to etcd at {endpoints} was reset") from None
-
-
-class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
-    """aetcd's client on a channel we build (see the module docstring)."""
-
-    def __init__(
-        self, target: str, settings: EtcdSettings, creds: grpc.ChannelCredentials | None
-    ) -> None:
-        super().__init__(
-            host=target,
-            username=settings.username or None,
-            password=settings.password if settings.username else None,
-            timeout=settings.timeout,
-            options=dict(settings.channel_options),
-        )
-        self._target = target
-        self._creds = creds
-        self._connect_lock = asyncio.Lock()
-
-    async def connect(self) -> None:
-        """Open the channel and authenticate; private attributes as aetcd 1.0.0 sets them."""
-        if self._connected.is_set():
-            return
-        async with self._connect_lock:
-            if self._connected.is_set():
-                return
-            options = list(self._options.items())
-            if self._creds is None:
-                channel = grpc.aio.insecure_channel(self._target, options=options)
-            else:
-                channel = grpc.aio.secure_channel(self._target, self._creds, options=options)
-            self.channel = channel
-            try:
-                await self.authenticate()
-            except BaseException:
-                self.channel = None
-                await channel.close()
-                raise
-            self.kvstub = rpc.KVStub(channel)
-            self.leasestub = rpc.LeaseStub(channel)
-            self.clusterstub = rpc.ClusterStub(channel)
-            self.maintenancestub = rpc.MaintenanceStub(channel)
-            self._watcher = None  # aetcd's watcher is not used (see module docstring)
-            self._connected.set()
-
-    async def authenticate(self) -> None:
-        """Get a fresh token (a no-op without a user name)."""
-        if self._username is None:
-            return
-        self.auth_stub = rpc.AuthStub(self.channel)
-        request = rpc.AuthenticateRequest(name=self._username, password=self._password)
         try:
-            response = await self.auth_stub.Authenticate(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                logger.warning("etcd has authentication disabled; ignoring --etcd-username")
-                self.metadata = None
-                return
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise
-            raise RegistryPermissionError(
-                f"etcd rejected user {self._username!r}: {exc.details()}"
-            ) from exc
-        self.metadata = (("token", response.token),)
+            if path:
+                open(path, "rb").close()
+        except OSError as exc:
+            raise ConfigError(f"{flag}={path}: cannot read it: {exc}") from exc
+    try:
+        context = ssl.create_default_context(cafile=settings.cafile or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.certfile and settings.keyfile:
+            context.load_cert_chain(settings.certfile, settings.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        files = f"--etcd-cafile={settings.cafile} --etcd-certfile={settings.certfile}"
+        raise ConfigError(f"cannot load the etcd TLS files ({files} ...): {exc}") from exc
+    return context
+
+
+class _Member:
+    """One endpoint: its HTTP connections, API path and auth token."""
+
+    def __init__(self, url: str, origin: Origin) -> None:
+        self.url = url
+        self.origin = origin
+        self.api = "/v3"
+        self.token: str | None = None
+        self.auth_disabled = False  # etcd said so; try again if it asks for a token
+        self.auth_lock = asyncio.Lock()
+
+
+def _member(url: str, endpoint: Endpoint, context: ssl.SSLContext | None, hint: str) -> _Member:
+    origin = Origin(
+        endpoint.host, endpoint.port, ssl_context=context, name=f"etcd at {url}", tls_hint=hint
+    )
+    return _Member(url, origin)
 
 
 class EtcdConnection:
-    """One client at a time on the current target; calls with deadline, re-auth, failover."""
+    """Calls to the v3 API of one cluster: deadlines, failover, re-authentication."""
 
     def __init__(self, settings: EtcdSettings) -> None:
         if not settings.endpoints:
@@ -211,134 +128,198 @@ class EtcdConnection:
                 "--etcd-cafile is set but the endpoints are http:// and no client certificate"
                 " is configured: connecting without TLS"
             )
+        context = ssl_context(settings) if self.tls else None
+        cas = f"--etcd-cafile={settings.cafile}" if settings.cafile else "the system CA store"
+        hint = f" (does {cas} hold the CA that signed etcd's certificate?)"
+        self._members = [_member(e.url(self.tls), e, context, hint) for e in endpoints]
         self._settings = settings
-        self._creds = tls_credentials(settings) if self.tls else None
-        self._targets = channel_targets(endpoints, self.tls)
         self._index = 0
-        self._client: _Client | None = None
-        self._auth_lock = asyncio.Lock()
+        self._warned_auth_disabled = False
         self.closed = False
         self.endpoints = settings.endpoints_text()
 
     @property
-    def timeout(self) -> float:  # of one unary call, in seconds
+    def timeout(self) -> float:
+        """Deadline of one call, in seconds."""
         return self._settings.timeout
 
-    async def call(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``op(client)``; try every target once on unavailability, re-auth once."""
-        failure: RegistryError | None = None
-        reauthenticated = False
-        tries = 0
-        while tries < len(self._targets):
-            client = self._current()
-            token = client.metadata
+    @property
+    def probe_interval(self) -> float:
+        """How long a watch may be quiet before its member is probed, in seconds."""
+        return self._settings.probe_interval
+
+    async def call(self, method: str, body: Mapping[str, Any], parse: Callable[[Any], T]) -> T:
+        """POST ``body`` to ``<api><method>`` (``/kv/range``, ...) and ``parse`` the answer."""
+        [answer] = await self.call_many(method, [body], parse)
+        return answer
+
+    async def call_many(
+        self, method: str, bodies: Sequence[Mapping[str, Any]], parse: Callable[[Any], T]
+    ) -> list[T]:
+        """Several calls of one method, sent at once (HTTP pipelining) to one member; each
+        member is tried once while they fail to answer."""
+        failure: RegistryUnavailable | None = None
+        for _ in self._members:
+            member = self._current()
             try:
-                # A net under grpc's own per-call deadlines: connect + one RPC.
-                async with asyncio.timeout(2 * self.timeout + 1):
-                    with _closed_channel_is_an_outage(self.endpoints):
-                        await client.connect()
-                        return await op(client)
-            except _CALL_ERRORS as exc:
-                code = status_code(exc)
-                if code == grpc.StatusCode.UNAUTHENTICATED and not reauthenticated:
-                    reauthenticated = True
-                    await self._reauthenticate(client, token)
-                    continue
-                failure = await self.failed(client, exc)
-                if not isinstance(failure, RegistryUnavailable):
-                    raise failure from exc
-                tries += 1
+                answers = await self._attempt(member, method, bodies)
+                return [parse(answer) for answer in answers]
+            except MalformedAnswer as exc:
+                failure = RegistryUnavailable(f"etcd at {member.url} is unavailable: {exc}")
+            except RegistryUnavailable as exc:
+                failure = exc
+            self._failed(member, failure)
         assert failure is not None
+        if len(self._members) > 1:
+            raise RegistryUnavailable(f"no etcd endpoint answered ({failure})") from failure
         raise failure
 
-    async def reauthenticate(self) -> None:
-        """Fetch a new token for the current client (after etcd forgot the old one)."""
-        client = self._current()
-        if client.channel is not None:
-            await self._reauthenticate(client, client.metadata)
-
-    async def failed(self, client: _Client, exc: BaseException) -> RegistryError:
-        """Map ``exc``; after a connection failure, move on to the next target."""
-        failure = map_error(exc, self.endpoints)
-        if isinstance(failure, RegistryUnavailable) and self._client is client:
-            self._client = None
-            self._index = (self._index + 1) % len(self._targets)
-            logger.debug("etcd target failed (%s); next: %s", failure, self._targets[self._index])
-            with contextlib.suppress(*_CALL_ERRORS):
-                await client.close()
-        return failure
+    def reauthenticate(self) -> None:
+        """Drop the current member's token: the next call authenticates again."""
+        if not self.closed:
+            member = self._current()
+            self._forget_token(member, member.token)
 
     @contextlib.asynccontextmanager
-    async def watch_stream(self) -> AsyncIterator[WatchStream]:
-        """A bidirectional Watch stream that fails when the member has no leader."""
-        client = self._current()
+    async def watch(self, request: Mapping[str, Any]) -> AsyncIterator[WatchStream]:
+        """A Watch stream on the current member that fails when it has no leader."""
+        member = self._current()
         try:
-            async with asyncio.timeout(2 * self.timeout + 1):
-                await client.connect()
-        except _CALL_ERRORS as exc:
-            raise await self.failed(client, exc) from exc
-        metadata = (*(client.metadata or ()), _REQUIRE_LEADER)
-        call = rpc.WatchStub(client.channel).Watch(metadata=metadata)
-        try:
-            yield WatchStream(self, client, call)
-        finally:
-            call.cancel()
+            headers = [_JSON, _REQUIRE_LEADER, *self._auth(await self._token(member))]
+            body = json.dumps(request).encode()
+            target = f"{member.api}/watch"
+            async with member.origin.stream(
+                "POST", target, body, headers, timeout=self.timeout, coalesce=WATCH_COALESCE
+            ) as stream:
+                if stream.head.status != 200:
+                    text = await stream.read_body(timeout=self.timeout)
+                    raise self._error(member, stream.head.status, text)
+                yield WatchStream(
+                    stream, member.url, functools.partial(self.probe, member), self.probe_interval
+                )
+        except RegistryUnavailable as exc:
+            self._failed(member, exc)
+            raise
+
+    async def probe(self, member: _Member) -> None:
+        """Raise RegistryUnavailable unless ``member`` answers at all, and in time."""
+        target = f"{member.api}/maintenance/status"
+        timeout = self._settings.probe_timeout
+        await member.origin.request("POST", target, b"{}", [_JSON], timeout=timeout)
 
     async def close(self) -> None:
-        """Close the channel for good (idempotent); later calls fail."""
+        """Close every connection, watches included (idempotent); later calls fail."""
         self.closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(*_CALL_ERRORS):
-                await client.close()
+        for member in self._members:
+            await member.origin.close()
 
-    def _current(self) -> _Client:
+    def _current(self) -> _Member:
         if self.closed:
             raise RegistryUnavailable(f"the connection to etcd at {self.endpoints} is closed")
-        if self._client is None:
-            target = self._targets[self._index]
-            self._client = _Client(target, self._settings, self._creds)
-        return self._client
+        return self._members[self._index]
 
-    async def _reauthenticate(self, client: _Client, stale: object) -> None:
-        async with self._auth_lock:
-            if client.metadata is not stale:
-                return  # another call already fetched a new token
-            logger.info("etcd token no longer valid; authenticating again")
+    def _failed(self, member: _Member, failure: RegistryUnavailable) -> None:
+        """After ``member`` failed to answer, the next call goes to the next member."""
+        member.origin.drop_idle()  # they may be just as stuck
+        if self._members[self._index] is member and len(self._members) > 1:
+            self._index = (self._index + 1) % len(self._members)
+            logger.debug("%s; next etcd endpoint: %s", failure, self._current().url)
+
+    async def _attempt(
+        self, member: _Member, method: str, bodies: Sequence[Mapping[str, Any]]
+    ) -> list[Any]:
+        """The calls on one member; once more with a new token if it refused the old one."""
+        token = await self._token(member)
+        try:
+            return await self._post(member, method, bodies, token)
+        except InvalidToken:
+            if not self._settings.username:
+                raise
+            logger.info("etcd at %s refused the auth token; authenticating again", member.url)
+            self._forget_token(member, token)
+        return await self._post(member, method, bodies, await self._token(member))
+
+    async def _post(
+        self, member: _Member, method: str, bodies: Sequence[Mapping[str, Any]], token: str | None
+    ) -> list[Any]:
+        data = [json.dumps(body).encode() for body in bodies]
+        responses = await self._send(member, method, data, [_JSON, *self._auth(token)])
+        answers = []
+        for response in responses:
+            if response.status != 200:
+                raise self._error(member, response.status, response.body)
             try:
-                async with asyncio.timeout(self.timeout + 1):
-                    await client.authenticate()
-            except _CALL_ERRORS as exc:
-                raise await self.failed(client, exc) from exc
+                answers.append(json.loads(response.body))
+            except ValueError as exc:
+                raise MalformedAnswer(f"answer that is not JSON: {response.body[:80]!r}") from exc
+        return answers
+
+    async def _send(
+        self,
+        member: _Member,
+        method: str,
+        data: Sequence[bytes],
+        headers: Sequence[tuple[str, str]],
+    ) -> list[Response]:
+        """POST each of ``data`` (pipelined), under ``/v3beta`` if ``/v3`` is not there."""
+        target = member.api + method
+        responses = await member.origin.pipeline(
+            "POST", target, data, headers, timeout=self.timeout, spread=_SPREAD
+        )
+        if member.api == "/v3" and _not_found(responses[0].status, responses[0].body):
+            member.api = "/v3beta"  # etcd 3.3 serves the same API there
+            logger.info("etcd at %s has no /v3 API; using /v3beta (etcd 3.3)", member.url)
+            return await self._send(member, method, data, headers)
+        return responses
+
+    def _error(self, member: _Member, status: int, body: bytes) -> RegistryError:
+        error = answer_error(status, body, member.url)
+        if self.tls and gateway_lost_etcd(body):
+            return RegistryUnavailable(f"{error}{GATEWAY_TLS_HINT}")
+        return error
+
+    async def _token(self, member: _Member) -> str | None:
+        """The member's auth token, authenticating first if there is none yet."""
+        if not self._settings.username or member.auth_disabled or member.token is not None:
+            return member.token
+        async with member.auth_lock:
+            if member.token is None and not member.auth_disabled:
+                member.token = await self._authenticate(member)
+        return member.token
+
+    async def _authenticate(self, member: _Member) -> str | None:
+        """A fresh token (None when etcd has authentication turned off)."""
+        name = self._settings.username
+        body = json.dumps(auth_request(name, self._settings.password)).encode()
+        [response] = await self._send(member, "/auth/authenticate", [body], [_JSON])
+        if response.status == 200:
+            try:
+                return parse_token(json.loads(response.body))
+            except ValueError as exc:  # MalformedAnswer included
+                raise RegistryUnavailable(f"etcd at {member.url} is unavailable: {exc}") from exc
+        code, message = error_status(response.body)
+        if code == FAILED_PRECONDITION:
+            if not self._warned_auth_disabled:
+                logger.warning("etcd has authentication disabled; ignoring --etcd-username")
+                self._warned_auth_disabled = True
+            member.auth_disabled = True
+            return None
+        error = self._error(member, response.status, response.body)
+        if isinstance(error, RegistryUnavailable):
+            raise error
+        raise RegistryPermissionError(f"etcd at {member.url} rejected user {name!r}: {message}")
+
+    @staticmethod
+    def _forget_token(member: _Member, stale: str | None) -> None:
+        if member.token == stale:  # not yet replaced by a concurrent call
+            member.token = None
+            member.auth_disabled = False
+
+    @staticmethod
+    def _auth(token: str | None) -> list[tuple[str, str]]:
+        return [("Authorization", token)] if token else []
 
 
-class WatchStream:
-    """One open Watch RPC; reads map errors like every other call."""
-
-    def __init__(self, conn: EtcdConnection, client: _Client, call: Any) -> None:
-        self._conn = conn
-        self._client = client
-        self._call = call
-
-    async def create(self, key: bytes, range_end: bytes, start_revision: int) -> Any:
-        """Ask for a watch of ``[key, range_end)`` and return etcd's first answer."""
-        create = rpc.WatchCreateRequest(key=key, range_end=range_end, start_revision=start_revision)
-        try:
-            async with asyncio.timeout(self._conn.timeout):
-                with _closed_channel_is_an_outage(self._conn.endpoints):
-                    await self._call.write(rpc.WatchRequest(create_request=create))
-                return await self.read()
-        except _CALL_ERRORS as exc:
-            raise await self._conn.failed(self._client, exc) from exc
-
-    async def read(self) -> Any:
-        """The next WatchResponse; a closed stream counts as unavailability."""
-        try:
-            with _closed_channel_is_an_outage(self._conn.endpoints):
-                response = await self._call.read()
-        except _CALL_ERRORS as exc:
-            raise await self._conn.failed(self._client, exc) from exc
-        if response is grpc.aio.EOF:
-            ended = RegistryUnavailable(f"etcd at {self._conn.endpoints} ended the watch stream")
-            raise await self._conn.failed(self._client, ended)
-        return response
+def _not_found(status: int, body: bytes) -> bool:
+    """A plain 404: the path does not exist (not an etcd error that maps to 404)."""
+    return status == 404 and error_status(body)[0] is None

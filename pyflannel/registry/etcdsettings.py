@@ -1,15 +1,13 @@
 """The ``--etcd-*`` settings and the endpoint rules shared by the v3 and v2 registries.
 
-Pure code: parsing and deciding only, no connections. How the v3 registry reaches
-etcd is decided here (one grpc target or several, TLS or not) and done in
-:mod:`pyflannel.registry.etcdconn`.
+Pure code: parsing and deciding only, no connections. Which endpoints there are and
+whether they use TLS is decided here; :mod:`pyflannel.registry.etcdconn` (v3) and
+``etcd2conn`` (v2) connect accordingly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import ipaddress
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -21,22 +19,12 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 2379
 
-# etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time), so ping
-# an open stream every 10 s and give up on it after 5 s without an answer: a silent
-# partition then breaks a watch within about 15 s instead of never. grpc 1.85 times
-# pings out by http2.ping_timeout_ms (default 60 s), not by keepalive_timeout_ms alone.
-# Reconnect backoff follows flanneld's 100 ms ... 5 s instead of grpc's up to 120 s.
-CHANNEL_OPTIONS: dict[str, int] = {
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.http2.ping_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 0,
-    "grpc.http2.max_pings_without_data": 0,
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 5_000,
-    "grpc.max_receive_message_length": -1,  # a listing of many leases exceeds 4 MiB
-}
+# A watch can rightly stay silent for hours, and a stopped or cut-off etcd sends
+# nothing either: after this long without a message, ask the same member for its
+# status, and give up on the stream if that gets no answer in time. A silent
+# partition then breaks a watch within about 15 s instead of never.
+PROBE_INTERVAL = 10.0
+PROBE_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,8 +37,9 @@ class EtcdSettings:
     keyfile: str = ""
     username: str = ""
     password: str = dataclasses.field(default="", repr=False)
-    timeout: float = 5.0
-    channel_options: tuple[tuple[str, int], ...] = tuple(CHANNEL_OPTIONS.items())
+    timeout: float = 5.0  # of one call, connecting included
+    probe_interval: float = PROBE_INTERVAL
+    probe_timeout: float = PROBE_TIMEOUT
 
     def endpoints_text(self) -> str:
         """The endpoints as the flag spells them, for messages."""
@@ -78,9 +67,13 @@ class Endpoint:
     port: int
 
     def address(self) -> str:
-        """``host:port`` as grpc wants it (IPv6 literals in brackets)."""
+        """``host:port`` (IPv6 literals in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    def url(self, tls: bool) -> str:
+        """The base URL: TLS applies to every endpoint or to none (see :func:`use_tls`)."""
+        return f"{'https' if tls else 'http'}://{self.address()}"
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -102,30 +95,3 @@ def use_tls(settings: EtcdSettings, endpoints: Sequence[Endpoint]) -> bool:
     return any(e.scheme == "https" for e in endpoints) or bool(
         settings.certfile and settings.keyfile
     )
-
-
-def channel_targets(endpoints: Sequence[Endpoint], tls: bool) -> list[str]:
-    """The grpc targets to use in turn, the next one after a connection failure.
-
-    Plaintext IP literals of one family become multi-address targets, on which grpc
-    skips a dead address by itself; the address order is rotated from one target to
-    the next because grpc always settles on the first address that accepts a
-    connection, even a member cut off from its cluster. Names (and every endpoint
-    under TLS, so that each certificate is checked against its own host) get one
-    target each.
-    """
-    addresses = [e.address() for e in endpoints]
-    if not tls and len(endpoints) > 1:
-        for family in (4, 6):
-            if all(_ip_version(e.host) == family for e in endpoints):
-                return [
-                    f"ipv{family}:" + ",".join(addresses[i:] + addresses[:i])
-                    for i in range(len(addresses))
-                ]
-    return addresses
-
-
-def _ip_version(host: str) -> int:
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).version
-    return 0

@@ -19,12 +19,17 @@ The daemon opens the registry before the config exists and then polls
 ``get_network_config()`` until it does, so auto-detection is a registry of its own:
 :class:`AutoRegistry` probes on each poll, and from the first hit on it is the chosen
 registry (the other one is closed). Nothing else may be called before that.
+
+The v2 registry is imported and opened only when it is needed: its HTTP client
+(httpx) costs memory that a daemon on the v3 API, by far the common case, need not
+pay. With ``auto`` that is at the first probe of the v2 store.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from pyflannel.errors import ConfigNotFound, RegistryError
 from pyflannel.model.lease import Lease, LeaseAttrs, LeaseFormat, WatchBatch
@@ -32,7 +37,6 @@ from pyflannel.model.net import SubnetKey
 from pyflannel.options import Options
 from pyflannel.registry.base import SubnetRegistry
 from pyflannel.registry.common import join_key
-from pyflannel.registry.etcd2 import Etcd2Registry
 from pyflannel.registry.etcd3 import Etcd3Registry
 
 logger = logging.getLogger(__name__)
@@ -45,27 +49,39 @@ async def open_registry(options: Options) -> SubnetRegistry:
         return Etcd3Registry.from_options(options)
     if options.etcd_api == "v2":
         logger.info("using the etcd v2 API (--etcd-api=v2)")
-        return Etcd2Registry.from_options(options)
-    v3 = Etcd3Registry.from_options(options)
-    try:
-        v2 = Etcd2Registry.from_options(options)
-    except BaseException:
-        await v3.close()
-        raise
+        return open_v2(options)
     return AutoRegistry(
-        v3, v2, config_key=join_key(options.etcd_prefix, "config"),
+        Etcd3Registry.from_options(options), open_v2=functools.partial(open_v2, options),
+        config_key=join_key(options.etcd_prefix, "config"),
         endpoints=",".join(options.etcd_endpoints),
     )  # fmt: skip
+
+
+def open_v2(options: Options) -> SubnetRegistry:
+    """The v2 registry, imported on first use (see the module docstring)."""
+    from pyflannel.registry.etcd2 import Etcd2Registry
+
+    return Etcd2Registry.from_options(options)
 
 
 class AutoRegistry:
     """Whichever of two registries holds the config; see the module docstring."""
 
     def __init__(
-        self, v3: SubnetRegistry, v2: SubnetRegistry, *, config_key: str, endpoints: str
+        self,
+        v3: SubnetRegistry,
+        v2: SubnetRegistry | None = None,
+        *,
+        open_v2: Callable[[], SubnetRegistry] | None = None,
+        config_key: str,
+        endpoints: str,
     ) -> None:
+        """``v2`` is the v2 registry, or None to open it with ``open_v2`` when needed."""
+        if v2 is None and open_v2 is None:
+            raise ValueError("AutoRegistry needs the v2 registry or a way to open it")
         self._v3 = v3
         self._v2 = v2
+        self._open_v2 = open_v2
         self._config_key = config_key
         self._endpoints = endpoints
         self._chosen: SubnetRegistry | None = None
@@ -105,14 +121,21 @@ class AutoRegistry:
         return await self._probe_v2()
 
     async def _probe_v2(self) -> str:
+        v2 = self._v2_registry()
         try:
-            text = await self._v2.get_network_config()
+            text = await v2.get_network_config()
         except ConfigNotFound:
             raise ConfigNotFound(self._neither("not found either")) from None
         except RegistryError as exc:
             raise ConfigNotFound(self._neither(f"failed: {exc}")) from exc
-        await self._choose(self._v2, self._v3, "not in the v3 store, found in the v2 store")
+        await self._choose(v2, self._v3, "not in the v3 store, found in the v2 store")
         return text
+
+    def _v2_registry(self) -> SubnetRegistry:
+        if self._v2 is None:
+            assert self._open_v2 is not None
+            self._v2 = self._open_v2()
+        return self._v2
 
     def _neither(self, v2_outcome: str) -> str:
         """One message for the wait: which key, under which APIs, and how to write it."""
@@ -125,11 +148,12 @@ class AutoRegistry:
             " flanneld <= v0.17"
         )
 
-    async def _choose(self, chosen: SubnetRegistry, other: SubnetRegistry, why: str) -> None:
+    async def _choose(self, chosen: SubnetRegistry, other: SubnetRegistry | None, why: str) -> None:
         self._chosen = chosen
         api = "v3" if chosen is self._v3 else "v2"
         logger.info("using the etcd %s API: %s is %s", api, self._config_key, why)
-        await other.close()
+        if other is not None:
+            await other.close()
 
     def _require(self) -> SubnetRegistry:
         if self._chosen is None:
@@ -157,7 +181,9 @@ class AutoRegistry:
 
 
 def _open_ones(
-    chosen: SubnetRegistry | None, v3: SubnetRegistry, v2: SubnetRegistry
+    chosen: SubnetRegistry | None, v3: SubnetRegistry, v2: SubnetRegistry | None
 ) -> Sequence[SubnetRegistry]:
-    """What still needs closing: the chosen registry, or both before a choice."""
-    return (v3, v2) if chosen is None else (chosen,)
+    """What still needs closing: the chosen registry, or both (if opened) before a choice."""
+    if chosen is not None:
+        return (chosen,)
+    return (v3,) if v2 is None else (v3, v2)

@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from support.etcd import EtcdServer, free_port
+from support.etcd import EtcdCluster, EtcdServer, free_port
 from support.pki import Pki, make_pki
 from support.registries import watching
 
@@ -32,12 +32,7 @@ from pyflannel.model.lease import EventKind, LeaseAttrs, WatchBatch
 from pyflannel.model.net import SubnetKey
 from pyflannel.registry.common import join_key
 from pyflannel.registry.etcd3 import Etcd3Registry
-from pyflannel.registry.etcdsettings import (
-    CHANNEL_OPTIONS,
-    EtcdSettings,
-    channel_targets,
-    parse_endpoint,
-)
+from pyflannel.registry.etcdsettings import EtcdSettings, parse_endpoint, use_tls
 
 PREFIX = "/coreos.com/network"
 KEY = SubnetKey(IPv4Network("10.5.34.0/24"))
@@ -63,24 +58,23 @@ def test_keys_are_joined_like_go_path_join(parts: tuple[str, ...], expected: str
     assert join_key(*parts) == expected
 
 
-def test_channel_targets() -> None:
-    def targets(*urls: str, tls: bool = False) -> list[str]:
-        return channel_targets([parse_endpoint(u) for u in urls], tls)
+def test_tls_applies_to_every_endpoint_or_to_none() -> None:
+    def urls(*texts: str, certfile: str = "", keyfile: str = "") -> list[str]:
+        settings = EtcdSettings(texts, certfile=certfile, keyfile=keyfile)
+        endpoints = [parse_endpoint(t) for t in texts]
+        tls = use_tls(settings, endpoints)
+        return [e.url(tls) for e in endpoints]
 
-    assert targets("http://10.0.0.1:2379", "http://10.0.0.2", "http://10.0.0.3:4001") == [
-        "ipv4:10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:4001",
-        "ipv4:10.0.0.2:2379,10.0.0.3:4001,10.0.0.1:2379",
-        "ipv4:10.0.0.3:4001,10.0.0.1:2379,10.0.0.2:2379",
+    assert urls("http://10.0.0.1:2379", "http://etcd-b") == [
+        "http://10.0.0.1:2379",
+        "http://etcd-b:2379",
     ]
-    assert targets("http://[fd00::1]:2379", "http://[fd00::2]:2379") == [
-        "ipv6:[fd00::1]:2379,[fd00::2]:2379",
-        "ipv6:[fd00::2]:2379,[fd00::1]:2379",
+    assert urls("http://10.0.0.1:2379", "https://[fd00::2]:4001") == [
+        "https://10.0.0.1:2379",
+        "https://[fd00::2]:4001",
     ]
-    assert targets("http://etcd-a:2379", "http://10.0.0.2:4001") == ["etcd-a:2379", "10.0.0.2:4001"]
-    assert targets("https://10.0.0.1:2379", "https://10.0.0.2:2379", tls=True) == [
-        "10.0.0.1:2379",
-        "10.0.0.2:2379",
-    ]
+    assert urls("http://10.0.0.1", certfile="c.pem", keyfile="k.pem") == ["https://10.0.0.1:2379"]
+    assert urls("http://10.0.0.1", certfile="c.pem") == ["http://10.0.0.1:2379"]
 
 
 @pytest.mark.parametrize(
@@ -234,6 +228,68 @@ async def test_tls_without_a_client_certificate_fails_fast(tls_etcd: EtcdServer,
 
 
 @etcd_only
+async def test_a_wrong_ca_is_a_clear_error_naming_the_endpoint(
+    tls_etcd: EtcdServer, pki: Pki, tmp_path: Path
+) -> None:
+    other = make_pki(tmp_path / "other-pki")
+    settings = EtcdSettings(
+        (tls_etcd.endpoint,),
+        cafile=str(other.ca_cert),
+        certfile=str(pki.client_cert),
+        keyfile=str(pki.client_key),
+        timeout=2.0,
+    )
+    registry = Etcd3Registry(settings, PREFIX)
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await registry.get_network_config()
+    finally:
+        await registry.close()
+    message = str(caught.value)
+    for part in (tls_etcd.endpoint, "certificate", f"--etcd-cafile={other.ca_cert}"):
+        assert part in message, message
+
+
+@etcd_only
+async def test_a_server_certificate_only_for_serving_is_explained(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki", server_client_auth=False)
+    with EtcdServer(tmp_path / "etcd", tls=pki) as server:
+        settings = EtcdSettings(
+            (server.endpoint,), cafile=str(pki.ca_cert), certfile=str(pki.client_cert),
+            keyfile=str(pki.client_key), timeout=3.0,
+        )  # fmt: skip
+        registry = Etcd3Registry(settings, PREFIX)
+        try:
+            with pytest.raises(RegistryUnavailable, match="clientAuth extended key usage"):
+                await registry.get_network_config()
+        finally:
+            await registry.close()
+
+
+@etcd_only
+async def test_calls_and_the_watch_move_on_when_the_current_member_stops(
+    tmp_path: Path,
+) -> None:
+    with EtcdCluster(tmp_path / "cluster", size=3) as cluster:
+        registry = Etcd3Registry(EtcdSettings(tuple(cluster.endpoints.split(","))), PREFIX)
+        try:
+            _, since = await registry.list_leases()
+            async with watching(registry, since) as watch:
+                await registry.create_lease(KEY, ATTRS, 60)
+                await watch.events_after(1)
+                await asyncio.to_thread(cluster.members[0].stop)  # the member in use
+                other = SubnetKey(IPv4Network("10.5.35.0/24"))
+                await registry.create_lease(other, ATTRS, 60)
+                assert len((await registry.list_leases())[0]) == 2
+                assert await watch.events_after(2) == [
+                    (EventKind.ADDED, "10.5.34.0-24"),
+                    (EventKind.ADDED, "10.5.35.0-24"),
+                ]
+        finally:
+            await registry.close()
+
+
+@etcd_only
 async def test_password_auth_survives_an_etcd_restart(etcd: EtcdServer) -> None:
     etcd.enable_auth("flannel", "secret", prefix=f"{PREFIX}/")
 
@@ -350,16 +406,11 @@ async def test_a_closed_registry_ends_its_watch(registry: Etcd3Registry) -> None
 
 
 @etcd_only
-async def test_watch_notices_a_silent_etcd_through_keepalive(
+async def test_watch_notices_a_silent_etcd_through_probes(
     etcd: EtcdServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # etcd accepts pings every 5 s at most; a stopped process answers none of them.
-    options = CHANNEL_OPTIONS | {
-        "grpc.keepalive_time_ms": 5000,
-        "grpc.keepalive_timeout_ms": 1000,
-        "grpc.http2.ping_timeout_ms": 1000,
-    }
-    settings = EtcdSettings((etcd.endpoint,), channel_options=tuple(options.items()))
+    # A stopped process answers no probe (though its kernel still acknowledges TCP).
+    settings = EtcdSettings((etcd.endpoint,), probe_interval=3.0, probe_timeout=1.0)
     registry = Etcd3Registry(settings, PREFIX)
     caplog.set_level(logging.INFO, logger="pyflannel.registry.etcd3")
     assert etcd.process is not None

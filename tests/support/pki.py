@@ -2,7 +2,11 @@
 
 `make_pki` writes a CA, a server certificate (for etcd) and a client certificate (CN
 `flannel`, as an operator would issue for flanneld) into a directory. Keys are P-256: fast
-to generate and accepted by etcd, grpc and httpx alike.
+to generate and accepted by etcd, Python's ssl module and httpx alike.
+
+The server certificate allows client authentication too, as etcd's documented setups
+(and kubeadm's) issue it: with `--client-cert-auth`, etcd's JSON gateway connects to
+etcd's own gRPC server with that certificate, and etcd rejects the connection otherwise.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ class Pki:
     client_key: Path
 
 
-def make_pki(directory: Path, *, ips: Sequence[str] = (), client_cn: str = "flannel") -> Pki:
-    """Create the CA and both certificates; the server's SAN covers loopback and `ips`."""
+def make_pki(
+    directory: Path,
+    *,
+    ips: Sequence[str] = (),
+    client_cn: str = "flannel",
+    server_client_auth: bool = True,
+) -> Pki:
+    """Create the CA and both certificates; the server's SAN covers loopback and `ips`.
+    Without `server_client_auth` the server certificate is for serving only."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(
         directory=directory,
@@ -47,7 +58,8 @@ def make_pki(directory: Path, *, ips: Sequence[str] = (), client_cn: str = "flan
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
     )  # fmt: skip
     san = ",".join(["DNS:localhost", "IP:127.0.0.1", *(f"IP:{ip}" for ip in ips)])
-    _issue(pki, "server", "etcd", [f"subjectAltName={san}", "extendedKeyUsage=serverAuth"])
+    usage = "serverAuth,clientAuth" if server_client_auth else "serverAuth"
+    _issue(pki, "server", "etcd", [f"subjectAltName={san}", f"extendedKeyUsage={usage}"])
     _issue(pki, "client", client_cn, ["extendedKeyUsage=clientAuth"])
     return pki
 

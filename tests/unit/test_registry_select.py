@@ -8,6 +8,8 @@ suite and by ``test_etcd2_specific``.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 
@@ -142,3 +144,46 @@ async def test_open_registry_follows_etcd_api(api: str, kind: type) -> None:
             assert f"{api} API" in registry.describe()
     finally:
         await registry.close()
+
+
+async def test_the_v2_registry_is_opened_only_when_the_v3_store_lacks_the_config(
+    v3: Store, v2: Store
+) -> None:
+    opened: list[Store] = []
+
+    def open_v2() -> Store:
+        opened.append(v2)
+        return v2
+
+    auto = AutoRegistry(v3, open_v2=open_v2, config_key=KEY, endpoints="e")
+    v3.config = CONFIG
+    assert await auto.get_network_config() == CONFIG
+    await auto.close()
+    assert opened == [] and v3.closed
+
+    v3.closed, v3.config = False, None
+    auto = AutoRegistry(v3, open_v2=open_v2, config_key=KEY, endpoints="e")
+    with pytest.raises(ConfigNotFound):
+        await auto.get_network_config()
+    assert opened == [v2]
+    await auto.close()
+    assert v3.closed and v2.closed
+
+
+def test_the_daemon_on_the_v3_api_loads_no_grpc_nor_httpx() -> None:
+    # Each of them costs megabytes of resident memory (see pyflannel.httpc).
+    code = (
+        "import asyncio, sys\n"
+        "import pyflannel.daemon, pyflannel.registry.etcd3\n"
+        "from pyflannel.options import Options\n"
+        "from pyflannel.registry.select import open_registry\n"
+        "async def main():\n"
+        "    await (await open_registry(Options(etcd_api='auto'))).close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'grpc', 'aetcd', 'google', 'httpx', 'httpcore', 'anyio', 'h11'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

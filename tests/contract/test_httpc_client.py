@@ -1,0 +1,270 @@
+"""The small HTTP/1.1 client against a real etcd and against scripted, hostile servers.
+
+Every way of not getting a proper answer must come out as ``RegistryUnavailable``
+naming the server: never a hang, a crash or a parser exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from support.etcd import EtcdServer
+
+from pyflannel.errors import RegistryUnavailable
+from pyflannel.httpc.client import Origin
+from pyflannel.registry.etcd3 import Etcd3Registry
+from pyflannel.registry.etcdconn import EtcdConnection
+from pyflannel.registry.etcdsettings import EtcdSettings
+from pyflannel.registry.etcdwire import b64, parse_range, put_request, range_request
+
+JSON = [("Content-Type", "application/json")]
+etcd_only = pytest.mark.etcd
+
+Reply = Sequence[bytes | float | None]  # bytes to send, seconds to wait, None to hang up
+
+
+@dataclass
+class Scripted:
+    """A server that answers each request with the next scripted reply."""
+
+    replies: list[Reply]
+    port: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    connections: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.replies:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                self.requests.append(head + await reader.readexactly(length))
+                if not await self._send(writer, self.replies.pop(0)):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
+        for step in reply:
+            if step is None:
+                return False
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                writer.write(step)
+                await writer.drain()
+        return True
+
+
+Start = Callable[..., Awaitable[Scripted]]
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Start]:
+    servers: list[asyncio.Server] = []
+
+    async def start(*replies: Reply) -> Scripted:
+        script = Scripted(list(replies))
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        servers.append(server)
+        script.port = server.sockets[0].getsockname()[1]
+        return script
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def ok(body: bytes, *extra: str) -> bytes:
+    headers = "".join(f"{h}\r\n" for h in extra)
+    return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        headers.encode(), len(body), body)  # fmt: skip
+
+
+RANGE_OK = ok(b'{"header":{"revision":"7"}}')
+
+
+@etcd_only
+async def test_requests_share_one_keep_alive_connection(etcd: EtcdServer) -> None:
+    host, port = etcd.listen_ip, etcd.client_port
+    origin = Origin(host, port)
+    try:
+        body = json.dumps(put_request(b"/k", b"v")).encode()
+        assert (await origin.request("POST", "/v3/kv/put", body, JSON, timeout=5)).status == 200
+        for _ in range(3):
+            query = json.dumps(range_request(b"/k")).encode()
+            answer = await origin.request("POST", "/v3/kv/range", query, JSON, timeout=5)
+            kvs, _ = parse_range(json.loads(answer.body))
+            assert kvs[0].value == b"v"
+        assert len(origin._open) == 1
+        answers = await origin.pipeline("POST", "/v3/kv/range", [query] * 300, JSON, timeout=5)
+        assert len(answers) == 300 and all(a.status == 200 for a in answers)
+        assert len(origin._open) == 1
+    finally:
+        await origin.close()
+
+
+@etcd_only
+async def test_a_spread_pipeline_keeps_the_answers_in_order(etcd: EtcdServer) -> None:
+    origin = Origin(etcd.listen_ip, etcd.client_port)
+    grants = [json.dumps({"TTL": str(60 + i)}).encode() for i in range(200)]
+    try:
+        answers = await origin.pipeline(
+            "POST", "/v3/lease/grant", grants, JSON, timeout=5, spread=4
+        )
+        assert [int(json.loads(a.body)["TTL"]) for a in answers] == list(range(60, 260))
+        assert len(origin._open) == 4
+    finally:
+        await origin.close()
+
+
+@etcd_only
+async def test_a_watch_streams_messages_one_by_one(etcd: EtcdServer) -> None:
+    origin = Origin(etcd.listen_ip, etcd.client_port)
+    create = {"create_request": {"key": b64(b"/w/"), "range_end": b64(b"/w0")}}
+    try:
+        async with origin.stream(
+            "POST", "/v3/watch", json.dumps(create).encode(), JSON, timeout=5
+        ) as stream:
+            assert stream.head.status == 200
+            first = await stream.next_message()
+            assert first is not None and first["result"]["created"] is True
+            for index in range(3):
+                etcd.etcdctl("put", f"/w/{index}", "x" * 5000)  # bigger than a TCP segment
+            for index in range(3):
+                message = await stream.next_message()
+                assert message is not None
+                [event] = message["result"]["events"]
+                assert event["kv"]["key"] == b64(f"/w/{index}".encode())
+    finally:
+        await origin.close()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(
+    scripted: Start,
+) -> None:
+    server = await scripted([RANGE_OK, None], [RANGE_OK])
+    origin = Origin("127.0.0.1", server.port)
+    try:
+        for _ in range(2):
+            answer = await origin.request("POST", "/x", b"{}", timeout=2)
+            assert answer.status == 200
+        assert server.connections == 2
+    finally:
+        await origin.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "text"),
+    [
+        ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"hea", None],
+         "connection closed"),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}", None], "connection closed"),
+        ([b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], "malformed HTTP answer"),
+        ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n"], "chunk size"),
+        ([None], "connection closed"),
+        ([ok(b"<html>hello</html>")], "not JSON"),
+        ([ok(b'{"kvs": 5}')], "malformed range answer"),
+        ([ok(b'{"header":{"revision":"7"}}', "Connection: close"), ok(b"{}")], None),
+    ],
+)  # fmt: skip
+async def test_a_hostile_answer_is_unavailability(
+    scripted: Start, reply: Reply, text: str | None
+) -> None:
+    server = await scripted(reply, reply)
+    conn = EtcdConnection(EtcdSettings((server.url,), timeout=2))
+    try:
+        if text is None:  # a well-formed answer that closes the connection: fine
+            await conn.call("/kv/range", range_request(b"k"), parse_range)
+            return
+        with pytest.raises(RegistryUnavailable, match=text) as caught:
+            await conn.call("/kv/range", range_request(b"k"), parse_range)
+        assert server.url in str(caught.value)
+    finally:
+        await conn.close()
+
+
+async def test_an_etcd_without_the_v3_path_is_asked_under_v3beta(scripted: Start) -> None:
+    not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nNot Found\n"
+    server = await scripted([not_found], [RANGE_OK], [RANGE_OK])
+    conn = EtcdConnection(EtcdSettings((server.url,), timeout=2))
+    try:
+        for _ in range(2):
+            assert await conn.call("/kv/range", range_request(b"k"), parse_range) == ([], 7)
+    finally:
+        await conn.close()
+    paths = [request.split(b" ")[1] for request in server.requests]
+    assert paths == [b"/v3/kv/range", b"/v3beta/kv/range", b"/v3beta/kv/range"]
+
+
+WATCH_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+CREATED = chunk(b'{"result":{"header":{"revision":"3"},"created":true}}\n')
+
+
+@pytest.mark.parametrize(
+    ("tail", "text"),
+    [
+        ([chunk(b"not json at all\n")], "not JSON"),
+        ([chunk(b'{"result":{"header":{},"events":[{"kv":{"key":5}}]}}\n')], "malformed"),
+        ([chunk(b'{"result":{"header":'), None], "connection closed"),
+        ([chunk(b'{"result":{}}'), b"0\r\n\r\n"], "middle of a message"),
+        ([b"0\r\n\r\n"], "ended the watch stream"),
+        ([chunk(b'{"error":{"grpc_code":14,"message":"etcdserver: no leader"}}\n')], "no leader"),
+    ],
+)
+async def test_a_hostile_watch_stream_is_unavailability(
+    scripted: Start, tail: Reply, text: str
+) -> None:
+    server = await scripted([WATCH_HEAD, CREATED, *tail])
+    conn = EtcdConnection(EtcdSettings((server.url,), timeout=2))
+    try:
+        async with conn.watch({"create_request": {}}) as stream:
+            assert (await stream.read(timeout=2)).created
+            with pytest.raises(RegistryUnavailable, match=text):
+                await stream.read()
+    finally:
+        await conn.close()
+
+
+async def test_the_registry_survives_hostile_answers(scripted: Start) -> None:
+    garbage = [ok(b"\x00\x01 garbage")]
+    server = await scripted(*[garbage] * 4)
+    registry = Etcd3Registry(EtcdSettings((server.url,), timeout=2), "/coreos.com/network")
+    try:
+        for call in (registry.get_network_config, registry.list_leases):
+            with pytest.raises(RegistryUnavailable, match="not JSON"):
+                await call()
+    finally:
+        await registry.close()
+
+
+async def test_a_quiet_watch_probes_its_member(scripted: Start) -> None:
+    # The stream goes quiet; the probe (a second connection) gets no answer either.
+    server = await scripted([WATCH_HEAD, CREATED, 30.0], [30.0])
+    settings = EtcdSettings((server.url,), timeout=2, probe_interval=0.3, probe_timeout=0.3)
+    conn = EtcdConnection(settings)
+    try:
+        async with conn.watch({"create_request": {}}) as stream:
+            await stream.read(timeout=2)
+            async with asyncio.timeout(3):
+                with pytest.raises(RegistryUnavailable, match=r"did not answer within 0\.3 s"):
+                    await stream.read()
+        assert b"/v3/maintenance/status" in server.requests[-1]
+    finally:
+        await conn.close()
