@@ -167,11 +167,13 @@ def run_lengths(data: memoryview, segment: int) -> int:
     if count < 2:
         return 1
     headers = np.frombuffer(data, np.uint8, count * segment).reshape(count, segment)[:, :hlen]
-    differs = ((headers ^ headers[0]) & _follower_bytes(hlen)).any(axis=1)
-    seqs = headers[:, 24:28].copy().view(_BE32).reshape(count)
-    seq0 = int(seqs[0])
-    good = ~differs & (seqs == (_index(count) * payload + seq0) & 0xFFFFFFFF)
-    run = count if good.all() else int(np.argmin(good))
+    diff = headers ^ headers[0]
+    diff &= _follower_bytes(hlen)
+    seq0 = int.from_bytes(head[24:28], "big")
+    expected = (_index(count) * payload + seq0).astype(_BE32).view(np.uint8).reshape(count, 4)
+    diff[:, 24:28] = headers[:, 24:28] ^ expected
+    bad = diff.any(axis=1)
+    run = int(bad.argmax()) or count  # row 0 never differs from itself
     pushed = np.flatnonzero(headers[1:run, 33] & TCP_PSH)
     return int(pushed[0]) + 2 if len(pushed) else run
 
