@@ -2,8 +2,8 @@
 
 Text for people (``--log-format=text``, the default, coloured on a terminal) and one
 JSON object per line for journald or a log shipper (``--log-format=json``). ``-v``
-(glog's verbosity flag) above 0 turns on DEBUG. Records from httpx (the etcd v2 client)
-and asyncio pass through the same processors.
+(glog's verbosity flag) above 0 turns on DEBUG. Records from asyncio pass through the
+same processors; its debug chatter only shows from ``-v=5`` on.
 """
 
 from __future__ import annotations
@@ -44,5 +44,4 @@ def setup_logging(*, verbosity: int = 0, fmt: str = "auto", stream: Any = None) 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
-    for noisy in ("asyncio", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity >= 5 else logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.DEBUG if verbosity >= 5 else logging.WARNING)

@@ -11,8 +11,8 @@ other. ``pyflannelctl config set`` avoids it by writing where the daemons read:
 
 The daemon's registries only read the config, so the writes live here, on the same
 connection classes (:mod:`pyflannel.registry.etcdconn`, ``etcd2conn``) and therefore
-with the same endpoints, TLS and authentication handling. The v2 connection (and
-with it httpx) is imported only when the v2 store is actually looked at.
+with the same endpoints, TLS and authentication handling. The v2 connection is
+imported only when the v2 store is actually looked at.
 """
 
 from __future__ import annotations

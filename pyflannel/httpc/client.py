@@ -1,7 +1,7 @@
 """A small asyncio HTTP/1.1 client: keep-alive connections to one server, optional TLS,
 a deadline on every call, pipelining, and answers streamed as JSON messages.
 
-A general-purpose client (httpx with httpcore, h11 and anyio) costs several MB of
+A general-purpose async client (with its HTTP core, h11 and anyio) costs several MB of
 resident memory in a daemon whose whole budget is 30 MB, while talking to etcd takes
 little: POST a JSON body, read a JSON answer, follow one long chunked answer (a watch).
 Framing is parsed by the pure :mod:`pyflannel.httpc.wire`, bytes are moved by

@@ -144,11 +144,15 @@ class Connection(asyncio.BufferedProtocol):
     async def response(self) -> Response:
         """One whole answer."""
         head = await self.head()
+        return Response(head.status, head.headers, await self.body())
+
+    async def body(self) -> bytes:
+        """The rest of the current answer, once its head has been read."""
         pieces = []
         while (piece := await self.next_event()) is not END:
             assert isinstance(piece, bytes)
             pieces.append(piece)
-        return Response(head.status, head.headers, b"".join(pieces))
+        return b"".join(pieces)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -11,7 +11,9 @@ v0.10 hosts and this one share the cluster. The HTTP calls are flanneld's own:
 - creation is ``PUT ...?prevExist=false`` with ``value`` and ``ttl`` (etcd's
   "node exists" is a lost race); renewal is an unconditional ``PUT`` and
   ``ttl == 0`` leaves the ttl out, which keeps a reservation permanent;
-- the watch long-polls ``wait=true&waitIndex=<cursor + 1>`` for one event at a time.
+- the watch long-polls ``wait=true&waitIndex=<cursor + 1>`` for one event at a time,
+  and asks again from the same cursor when a poll saw no change for
+  ``EtcdSettings.long_poll`` seconds (a change is then still found in etcd's history).
 
 A lease's expiration is ``now + node.ttl`` rather than etcd's absolute
 ``expiration`` time, so clock skew between the hosts and etcd cannot make a lease
@@ -179,13 +181,18 @@ class Etcd2Registry:
                 await outage.failed(exc, self._backoff)
                 continue
             outage.recovered()
+            if batch is None:
+                continue
             resync, cursor = False, batch.revision
             yield batch
 
-    async def _next_event(self, cursor: int) -> WatchBatch:
-        """Long-poll for the first change after ``cursor`` (one event per request)."""
+    async def _next_event(self, cursor: int) -> WatchBatch | None:
+        """Long-poll for the first change after ``cursor`` (one event per request);
+        None when there was none within the poll's time."""
         params = {"wait": "true", "waitIndex": str(cursor + 1), "recursive": "true"}
         reply = await self._conn.call("GET", self._subnets_dir, params=params, long_poll=True)
+        if reply.expired:
+            return None
         if reply.error_code in (EVENT_INDEX_CLEARED, WATCHER_CLEARED):
             raise WatchResyncRequired(f"etcd answered {reply.error_text()}")
         node = self._node(reply, f"watch {self._subnets_dir}")

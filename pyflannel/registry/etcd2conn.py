@@ -1,37 +1,40 @@
 """The connection to etcd's v2 HTTP API: endpoints, TLS, basic auth, failover, errors.
 
-The v2 API is plain HTTP with JSON answers, so httpx is all it takes. What this
-module adds around it:
+The v2 API is plain HTTP with JSON answers, spoken here with pyflannel's own small
+client (:mod:`pyflannel.httpc`), as the v3 API is. What this module adds around it:
 
-- The ``--etcd-*`` flags mean what they mean for the v3 API (they are parsed by the
-  same helpers in :mod:`pyflannel.registry.etcdsettings`): TLS is used when an endpoint
-  says ``https`` or a client certificate and key are given, and then for every
-  endpoint; a user name turns on HTTP basic auth, which is how etcd's v2 auth works.
+- The ``--etcd-*`` flags mean what they mean for the v3 API: endpoints are parsed by
+  :mod:`pyflannel.registry.etcdsettings` and the TLS context comes from
+  :mod:`pyflannel.registry.etcdtls` (TLS for every endpoint when one says ``https``
+  or a client certificate and key are given); a user name turns on HTTP basic auth,
+  which is how etcd's v2 auth works.
 - Several endpoints: a call goes to the current one and moves on to the next after
   a connection failure, a timeout or a 5xx answer, trying each endpoint once.
-- Long polls (``wait=true``) have no read timeout, since a watch may rightly wait
-  for hours; TCP keepalive on every connection instead notices a dead peer in about
-  25 s, so a silent partition cannot hang a watch forever.
+- Long polls (``wait=true``): connecting and the answer's head (which etcd sends as
+  soon as the watch is registered) have the usual deadline, the change itself may
+  take ``EtcdSettings.long_poll``; after that the poll ends without an answer
+  (:attr:`Reply.expired`) and the watch asks again. TCP keepalive notices a dead
+  peer within about 25 s in between.
 - Errors: transport failures and 5xx become ``RegistryUnavailable``, refused
-  credentials ``RegistryPermissionError``, and a server without the v2 API says how
-  to enable it. etcd's own error answers (``errorCode``) are returned to the
-  registry, which knows what "key not found" or "index cleared" means for it.
+  credentials (a 401/403, or a TLS alert from the server) ``RegistryPermissionError``,
+  and a server without the v2 API says how to enable it. etcd's own error answers
+  (``errorCode``) are returned to the registry, which knows what "key not found" or
+  "index cleared" means for it.
 
-The environment (proxies, ``.netrc``) is deliberately ignored: etcd traffic should go
-where ``--etcd-endpoints`` says, with the credentials the flags give.
+Request targets and form bodies are encoded by :mod:`pyflannel.httpc.urls`, as a
+general-purpose client encodes them (tests pin the exact bytes). Proxies and
+``.netrc`` play no part: etcd traffic goes where ``--etcd-endpoints`` says, with the
+credentials the flags give.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import json
 import logging
-import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
-
-import httpx
 
 from pyflannel.errors import (
     ConfigError,
@@ -39,7 +42,10 @@ from pyflannel.errors import (
     RegistryPermissionError,
     RegistryUnavailable,
 )
-from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint, use_tls
+from pyflannel.httpc.longpoll import PollingOrigin
+from pyflannel.httpc.urls import basic_auth, form_body, request_target
+from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint
+from pyflannel.registry.etcdtls import client_context, verify_hint
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +56,22 @@ UNAUTHORIZED = 110
 WATCHER_CLEARED = 400  # a watch dropped when the member recovered from a snapshot
 EVENT_INDEX_CLEARED = 401
 _UNAVAILABLE_CODES = frozenset({300, 301})  # raft internal error, leader election
-
-# Probe a quiet connection after 10 s, every 5 s, give up after 3 unanswered probes.
-KEEPALIVE_OPTIONS: tuple[tuple[int, int, int], ...] = (
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
-)
+_FORM = ("Content-Type", "application/x-www-form-urlencoded")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
-    """One JSON answer of the v2 API and the store index (``X-Etcd-Index``) it reflects."""
+    """One JSON answer of the v2 API and the store index (``X-Etcd-Index``) it reflects.
+
+    ``expired``: a long poll that saw no change in time; ``body`` is empty then. Its
+    ``index`` is not a safe cursor: a change found in etcd's history may have been on
+    its way after the head when the poll gave up.
+    """
 
     status: int
     index: int
     body: Mapping[str, Any]
+    expired: bool = False
 
     @property
     def error_code(self) -> int | None:
@@ -80,29 +85,6 @@ class Reply:
         return f"{body.get('errorCode')}: {body.get('message')} ({body.get('cause', '')})"
 
 
-def base_url(endpoint: Endpoint, tls: bool) -> str:
-    """The URL prefix of one endpoint; TLS applies to all of them or none."""
-    return f"{'https' if tls else 'http'}://{endpoint.address()}"
-
-
-def ssl_context(settings: EtcdSettings) -> ssl.SSLContext:
-    """Server verification against ``--etcd-cafile`` (or the system CAs) and the
-    client certificate when both its files are given; TLS 1.2 at least, as flanneld."""
-    if bool(settings.certfile) != bool(settings.keyfile):
-        logger.warning(
-            "only one of --etcd-certfile and --etcd-keyfile is set; no client certificate is sent"
-        )
-    try:
-        context = ssl.create_default_context(cafile=settings.cafile or None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if settings.certfile and settings.keyfile:
-            context.load_cert_chain(settings.certfile, settings.keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        files = f"--etcd-cafile={settings.cafile} --etcd-certfile={settings.certfile}"
-        raise ConfigError(f"cannot load the etcd TLS files ({files} ...): {exc}") from exc
-    return context
-
-
 class Etcd2Connection:
     """HTTP calls to the v2 API of one cluster, with failover between its endpoints."""
 
@@ -110,25 +92,14 @@ class Etcd2Connection:
         if not settings.endpoints:
             raise ConfigError("--etcd-endpoints is empty")
         endpoints = [parse_endpoint(text) for text in settings.endpoints]
-        self.tls = use_tls(settings, endpoints)
-        if settings.cafile and not self.tls:
-            logger.warning(
-                "--etcd-cafile is set but the endpoints are http:// and no client certificate"
-                " is configured: connecting without TLS"
-            )
+        context = client_context(settings, endpoints)
+        self.tls = context is not None
         self.endpoints = settings.endpoints_text()
-        self._bases = [base_url(e, self.tls) for e in endpoints]
+        hint = verify_hint(settings)
+        self._origins = [_origin(e, context, hint) for e in endpoints]
         self._index = 0
-        self._timeout = settings.timeout
-        transport = httpx.AsyncHTTPTransport(
-            verify=ssl_context(settings) if self.tls else False,
-            socket_options=KEEPALIVE_OPTIONS,
-            retries=0,
-        )
-        auth = (settings.username, settings.password) if settings.username else None
-        self._client = httpx.AsyncClient(
-            transport=transport, auth=auth, timeout=settings.timeout, trust_env=False
-        )
+        self._settings = settings
+        self._auth = [basic_auth(settings.username, settings.password)] if settings.username else []
 
     async def call(
         self,
@@ -144,82 +115,119 @@ class Etcd2Connection:
         Raises ``RegistryUnavailable`` when no endpoint answered, and the other
         registry errors for answers that are not etcd's (see the module docstring).
         """
-        timeout = httpx.Timeout(self._timeout, read=None) if long_poll else self._timeout
+        target = request_target("/v2/keys" + path, params)
+        body = b"" if form is None else form_body(form)
+        headers = self._auth if form is None else [_FORM, *self._auth]
         failure: RegistryUnavailable | None = None
-        for _ in self._bases:
-            base = self._bases[self._index]
+        for _ in self._origins:
+            origin = self._origins[self._index]
             try:
-                response = await self._client.request(
-                    method, base + "/v2/keys" + path, params=params, data=form, timeout=timeout
-                )
-                return self._reply(base, response)
-            except httpx.TransportError as exc:
-                failure = RegistryUnavailable(
-                    f"etcd at {self.endpoints} is unavailable: {base}: {_describe(exc)}"
-                )
-            except ssl.SSLError as exc:  # an alert from the server after the handshake
-                raise RegistryPermissionError(
-                    f"etcd at {base} rejected the TLS connection: {exc}; check --etcd-certfile,"
-                    " --etcd-keyfile and --etcd-cafile"
-                ) from exc
+                return await self._send(origin, method, target, body, headers, long_poll=long_poll)
             except RegistryUnavailable as exc:
                 failure = exc
-            self._index = (self._index + 1) % len(self._bases)
-            logger.debug("etcd endpoint failed (%s); next: %s", failure, self._bases[self._index])
+            self._failed(origin, failure)
         assert failure is not None
+        if len(self._origins) > 1:
+            raise RegistryUnavailable(f"no etcd endpoint answered ({failure})") from failure
         raise failure
 
     async def close(self) -> None:
-        """Close every connection (idempotent)."""
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            await self._client.aclose()
+        """Close every connection, long polls included (idempotent); later calls fail."""
+        for origin in self._origins:
+            await origin.close()
 
-    def _reply(self, base: str, response: httpx.Response) -> Reply:
-        body = _json_object(response)
-        if body is None:
-            raise self._not_etcd(base, response)
-        reply = Reply(response.status_code, _index(response, body), body)
-        code = reply.error_code
-        if response.status_code >= 500 or code in _UNAVAILABLE_CODES:
-            text = reply.error_text() if code is not None else f"HTTP {response.status_code}"
-            raise RegistryUnavailable(f"etcd at {base} cannot serve the request now: {text}")
-        if response.status_code in (401, 403) or code == UNAUTHORIZED:
-            raise RegistryPermissionError(
-                f"etcd at {base} refused the request: {reply.error_text()};"
-                " check --etcd-username and --etcd-password and the v2 role's key permissions"
-            )
-        return reply
+    async def _send(
+        self,
+        origin: PollingOrigin,
+        method: str,
+        target: str,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        *,
+        long_poll: bool,
+    ) -> Reply:
+        timeout = self._settings.timeout
+        data: bytes | None
+        try:
+            if long_poll:
+                polled = await origin.long_poll(
+                    method, target, body, headers, timeout=timeout, wait=self._settings.long_poll
+                )
+                status, fields, data = polled.head.status, polled.head.headers, polled.body
+            else:
+                response = await origin.request(method, target, body, headers, timeout=timeout)
+                status, fields, data = response.status, response.headers, response.body
+        except RegistryUnavailable as exc:
+            cause = exc.__cause__  # a TLS alert: the server refused our certificate
+            if isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or ""):
+                raise RegistryPermissionError(
+                    f"{origin.name} rejected the TLS connection: {cause}; check"
+                    " --etcd-certfile, --etcd-keyfile and --etcd-cafile"
+                ) from exc
+            raise
+        return _reply(origin.name, status, fields, data)
 
-    def _not_etcd(self, base: str, response: httpx.Response) -> RegistryError:
-        status = response.status_code
-        if status >= 500:
-            return RegistryUnavailable(f"etcd at {base} answered HTTP {status}")
-        if status == 404:
-            return RegistryError(
-                f"etcd at {base} does not serve the v2 API (HTTP 404 on /v2/keys):"
-                " start etcd 3.4/3.5 with --enable-v2=true (etcd 3.6 has no v2 API),"
-                " or use the v3 API (--etcd-api=v3)"
-            )
-        return RegistryError(f"{base} answered HTTP {status} without an etcd v2 JSON body")
+    def _failed(self, origin: PollingOrigin, failure: RegistryUnavailable) -> None:
+        """After ``origin`` failed to answer, the next call goes to the next endpoint."""
+        origin.drop_idle()  # they may be just as stuck
+        if self._origins[self._index] is origin and len(self._origins) > 1:
+            self._index = (self._index + 1) % len(self._origins)
+            logger.debug("%s; next etcd endpoint: %s", failure, self._origins[self._index].name)
 
 
-def _json_object(response: httpx.Response) -> Mapping[str, Any] | None:
+def _origin(endpoint: Endpoint, context: ssl.SSLContext | None, hint: str) -> PollingOrigin:
+    name = f"etcd at {endpoint.url(context is not None)}"
+    return PollingOrigin(
+        endpoint.host, endpoint.port, ssl_context=context, name=name, tls_hint=hint
+    )
+
+
+def _reply(name: str, status: int, headers: Mapping[str, str], data: bytes | None) -> Reply:
+    """The answer as a :class:`Reply`, or the error it means (see the module docstring)."""
+    if data is None:  # a long poll that saw no change
+        if status != 200:
+            raise RegistryUnavailable(f"{name} did not finish its HTTP {status} answer")
+        return Reply(status, _index(headers, {}), {}, expired=True)
+    body = _json_object(data)
+    if body is None:
+        raise _not_etcd(name, status)
+    reply = Reply(status, _index(headers, body), body)
+    code = reply.error_code
+    if status >= 500 or code in _UNAVAILABLE_CODES:
+        text = reply.error_text() if code is not None else f"HTTP {status}"
+        raise RegistryUnavailable(f"{name} cannot serve the request now: {text}")
+    if status in (401, 403) or code == UNAUTHORIZED:
+        raise RegistryPermissionError(
+            f"{name} refused the request: {reply.error_text()};"
+            " check --etcd-username and --etcd-password and the v2 role's key permissions"
+        )
+    return reply
+
+
+def _not_etcd(name: str, status: int) -> RegistryError:
+    if status >= 500:
+        return RegistryUnavailable(f"{name} answered HTTP {status}")
+    if status == 404:
+        return RegistryError(
+            f"{name} does not serve the v2 API (HTTP 404 on /v2/keys):"
+            " start etcd 3.4/3.5 with --enable-v2=true (etcd 3.6 has no v2 API),"
+            " or use the v3 API (--etcd-api=v3)"
+        )
+    return RegistryError(f"{name} answered HTTP {status} without an etcd v2 JSON body")
+
+
+def _json_object(data: bytes) -> Mapping[str, Any] | None:
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(data)
+    except ValueError:  # UnicodeDecodeError included
         return None
     return body if isinstance(body, dict) else None
 
 
-def _index(response: httpx.Response, body: Mapping[str, Any]) -> int:
+def _index(headers: Mapping[str, str], body: Mapping[str, Any]) -> int:
     """``X-Etcd-Index``, or the ``index`` an error body carries when the header is missing."""
     try:
-        return int(response.headers["X-Etcd-Index"])
+        return int(headers["x-etcd-index"])
     except (KeyError, ValueError):
         index = body.get("index")
         return index if isinstance(index, int) else 0
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    """httpx's timeouts often carry no text; name the exception then."""
-    return str(exc) or type(exc).__name__

@@ -8,8 +8,8 @@ memory than everything else together. What this module adds around the client:
 - Several endpoints: a call goes to the current one and, when it gets no answer or
   an "unavailable" one, moves on to the next, trying each endpoint once.
 - TLS from ``--etcd-cafile/--etcd-certfile/--etcd-keyfile``, for every endpoint or
-  none (:func:`~pyflannel.registry.etcdsettings.use_tls`); each server certificate
-  is checked against the host name of its own endpoint.
+  none (:mod:`pyflannel.registry.etcdtls`, shared with the v2 API); each server
+  certificate is checked against the host name of its own endpoint.
 - Authentication: with ``--etcd-username`` a token from Authenticate goes with each
   request. etcd forgets its tokens when it restarts (and simple tokens expire when
   unused); a call refused for its token authenticates again and is retried once.
@@ -38,7 +38,8 @@ from pyflannel.errors import (
     RegistryUnavailable,
 )
 from pyflannel.httpc.client import Origin, Response
-from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint, use_tls
+from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint
+from pyflannel.registry.etcdtls import client_context, verify_hint
 from pyflannel.registry.etcdwatch import WatchStream
 from pyflannel.registry.etcdwire import (
     FAILED_PRECONDITION,
@@ -68,34 +69,6 @@ WATCH_COALESCE = 0.005
 _SPREAD = 4
 
 
-def ssl_context(settings: EtcdSettings) -> ssl.SSLContext:
-    """Server verification against ``--etcd-cafile`` (or the system CAs) and the client
-    certificate when both its files are given; TLS 1.2 at least, as flanneld."""
-    if bool(settings.certfile) != bool(settings.keyfile):
-        logger.warning(
-            "only one of --etcd-certfile and --etcd-keyfile is set; no client certificate is sent"
-        )
-    for flag, path in (
-        ("--etcd-cafile", settings.cafile),
-        ("--etcd-certfile", settings.certfile),
-        ("--etcd-keyfile", settings.keyfile),
-    ):
-        try:
-            if path:
-                open(path, "rb").close()
-        except OSError as exc:
-            raise ConfigError(f"{flag}={path}: cannot read it: {exc}") from exc
-    try:
-        context = ssl.create_default_context(cafile=settings.cafile or None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if settings.certfile and settings.keyfile:
-            context.load_cert_chain(settings.certfile, settings.keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        files = f"--etcd-cafile={settings.cafile} --etcd-certfile={settings.certfile}"
-        raise ConfigError(f"cannot load the etcd TLS files ({files} ...): {exc}") from exc
-    return context
-
-
 class _Member:
     """One endpoint: its HTTP connections, API path and auth token."""
 
@@ -122,15 +95,9 @@ class EtcdConnection:
         if not settings.endpoints:
             raise ConfigError("--etcd-endpoints is empty")
         endpoints = [parse_endpoint(text) for text in settings.endpoints]
-        self.tls = use_tls(settings, endpoints)
-        if settings.cafile and not self.tls:
-            logger.warning(
-                "--etcd-cafile is set but the endpoints are http:// and no client certificate"
-                " is configured: connecting without TLS"
-            )
-        context = ssl_context(settings) if self.tls else None
-        cas = f"--etcd-cafile={settings.cafile}" if settings.cafile else "the system CA store"
-        hint = f" (does {cas} hold the CA that signed etcd's certificate?)"
+        context = client_context(settings, endpoints)
+        self.tls = context is not None
+        hint = verify_hint(settings)
         self._members = [_member(e.url(self.tls), e, context, hint) for e in endpoints]
         self._settings = settings
         self._index = 0

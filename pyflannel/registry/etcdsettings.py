@@ -2,7 +2,8 @@
 
 Pure code: parsing and deciding only, no connections. Which endpoints there are and
 whether they use TLS is decided here; :mod:`pyflannel.registry.etcdconn` (v3) and
-``etcd2conn`` (v2) connect accordingly.
+:mod:`pyflannel.registry.etcd2conn` (v2) connect accordingly, with the TLS context of
+:mod:`pyflannel.registry.etcdtls`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ DEFAULT_PORT = 2379
 # partition then breaks a watch within about 15 s instead of never.
 PROBE_INTERVAL = 10.0
 PROBE_TIMEOUT = 5.0
+# The v2 API has no probe: a watch is a long poll, asked again after this long without
+# an answer. That bounds how long a stuck member holds a watch, and lets the watch
+# follow the other calls to the next endpoint after a failover.
+LONG_POLL = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,6 +45,7 @@ class EtcdSettings:
     timeout: float = 5.0  # of one call, connecting included
     probe_interval: float = PROBE_INTERVAL
     probe_timeout: float = PROBE_TIMEOUT
+    long_poll: float = LONG_POLL  # v2 watches: how long one poll waits for a change
 
     def endpoints_text(self) -> str:
         """The endpoints as the flag spells them, for messages."""

@@ -20,9 +20,9 @@ The daemon opens the registry before the config exists and then polls
 :class:`AutoRegistry` probes on each poll, and from the first hit on it is the chosen
 registry (the other one is closed). Nothing else may be called before that.
 
-The v2 registry is imported and opened only when it is needed: its HTTP client
-(httpx) costs memory that a daemon on the v3 API, by far the common case, need not
-pay. With ``auto`` that is at the first probe of the v2 store.
+The v2 registry is imported and opened only when it is needed, so a daemon on the
+v3 API, by far the common case, does not load its code. With ``auto`` that is at the
+first probe of the v2 store.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 contract suite cannot say because it is about the v2 store itself.
 
 Lease values byte-exact with flanneld v0.10, flanneld's HTTP calls (TTL 86400,
-``prevExist``, reservations), "event index cleared" and a removed subnets directory
-turning into snapshots, failover to a second endpoint, basic auth, TLS, and the
-message for a server without the v2 API.
+``prevExist``, reservations), long polls asked again when quiet, "event index cleared"
+and a removed subnets directory turning into snapshots, failover to a second endpoint,
+basic auth, TLS, and the message for a server without the v2 API.
 """
 
 from __future__ import annotations
@@ -190,6 +190,26 @@ async def test_watch_maps_set_delete_and_expire(
         etcd_v2.etcdctl("rm", path, api=2)
         assert (await next_batch(watch)).events[0].kind is EventKind.ADDED
         assert (await next_batch(watch)).events[0].kind is EventKind.REMOVED
+
+
+async def test_a_quiet_watch_polls_again_without_missing_a_change(etcd_v2: EtcdServer) -> None:
+    settings = EtcdSettings(endpoints=(etcd_v2.endpoint,), long_poll=0.2)
+    reg = Etcd2Registry(settings, PREFIX)
+    try:
+        _, index = await reg.list_leases()
+        async with watching(reg, index) as watch:
+            pending = spawn(next_batch(watch), name="quiet-watch")
+            try:
+                await asyncio.sleep(0.7)  # several polls end without a change
+                etcd_v2.etcdctl("set", "/elsewhere", "x", api=2)
+                await reg.create_lease(KEY, VXLAN_V010, 86400)
+                batch = await pending
+            finally:
+                pending.cancel()
+        assert [(e.kind, e.lease.key) for e in batch.events] == [(EventKind.ADDED, KEY)]
+        assert batch.revision == index + 2
+    finally:
+        await reg.close()
 
 
 async def test_index_cleared_becomes_a_snapshot(

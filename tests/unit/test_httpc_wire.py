@@ -1,14 +1,17 @@
-"""HTTP/1.1 framing of the small client: request encoding, heads, bodies, hostile input."""
+"""HTTP/1.1 framing of the small client: request encoding, heads, bodies, hostile input;
+and the request targets, form bodies and basic auth of etcd's v2 API."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pyflannel.httpc.urls import basic_auth, form_body, quote_path, request_target
 from pyflannel.httpc.wire import (
     END,
     Head,
@@ -220,3 +223,41 @@ def test_messages_are_split_on_newlines_across_chunks() -> None:
     assert lines.feed(b":2}\n\n") == [b'{"b":2}']
     assert (pending, lines.partial) == (True, False)
     assert lines.feed(b'{"c":3}\n{"d":4}\n') == [b'{"c":3}', b'{"d":4}']
+
+
+# The bytes flanneld's httpx-based v2 client sent for the same requests.
+V010_LEASE = '{"PublicIP":"198.51.100.11","BackendType":"vxlan","BackendData":{"VtepMAC":"82:4b"}}'
+V010_FORM = (
+    b"value=%7B%22PublicIP%22%3A%22198.51.100.11%22%2C%22BackendType%22%3A%22vxlan%22%2C"
+    b"%22BackendData%22%3A%7B%22VtepMAC%22%3A%2282%3A4b%22%7D%7D&ttl=86400"
+)
+
+
+def test_form_bodies_are_those_httpx_sent() -> None:
+    assert form_body({"value": V010_LEASE, "ttl": "86400"}) == V010_FORM
+    awkward = form_body({"value": "a b&c=d+e/é~*'()!"})
+    assert awkward == b"value=a+b%26c%3Dd%2Be%2F%C3%A9~%2A%27%28%29%21"
+
+
+def test_request_targets_keep_the_order_of_the_query() -> None:
+    query = {"wait": "true", "waitIndex": "8", "recursive": "true"}
+    target = request_target("/v2/keys/coreos.com/network/subnets", query)
+    assert target == "/v2/keys/coreos.com/network/subnets?wait=true&waitIndex=8&recursive=true"
+    assert request_target("/v2/keys/k", {}) == request_target("/v2/keys/k") == "/v2/keys/k"
+
+
+def test_a_path_escapes_only_what_cannot_stand_in_it() -> None:
+    kept = "/coreos.com/net_work-1/subnets/fd00::-64/a~b@c!$&'()*+,;=[]|^"
+    assert quote_path(kept) == kept
+    assert quote_path("/a b/é?#%41{`}") == "/a%20b/%C3%A9%3F%23%2541%7B%60%7D"
+
+
+@given(st.text())
+def test_a_quoted_path_is_one_token_that_decodes_to_the_key(path: str) -> None:
+    quoted = quote_path(path)
+    assert quoted.isascii() and not any(c in quoted for c in ' ?#"<>\r\n')
+    assert unquote(quoted, errors="strict") == path
+
+
+def test_basic_auth_is_utf8_base64() -> None:
+    assert basic_auth("u", "p w:é") == ("Authorization", "Basic dTpwIHc6w6k=")

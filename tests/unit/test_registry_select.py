@@ -170,20 +170,35 @@ async def test_the_v2_registry_is_opened_only_when_the_v3_store_lacks_the_config
     assert v3.closed and v2.closed
 
 
-def test_the_daemon_on_the_v3_api_loads_no_grpc_nor_httpx() -> None:
-    # Each of them costs megabytes of resident memory (see pyflannel.httpc).
+HEAVY = "{'grpc', 'aetcd', 'google', 'httpx', 'httpcore', 'anyio', 'h11'}"
+
+
+def heavy_modules_loaded(api: str, *imports: str) -> str:
+    """The heavy HTTP/gRPC packages loaded by a process that imports ``imports`` and
+    opens and closes the registry for ``--etcd-api=api``."""
     code = (
         "import asyncio, sys\n"
-        "import pyflannel.daemon, pyflannel.registry.etcd3\n"
+        f"import {', '.join(imports)}\n"
         "from pyflannel.options import Options\n"
         "from pyflannel.registry.select import open_registry\n"
         "async def main():\n"
-        "    await (await open_registry(Options(etcd_api='auto'))).close()\n"
+        f"    await (await open_registry(Options(etcd_api={api!r}))).close()\n"
         "asyncio.run(main())\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules}"
-        " & {'grpc', 'aetcd', 'google', 'httpx', 'httpcore', 'anyio', 'h11'}))\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {HEAVY}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    return result.stdout.strip() + result.stderr
+
+
+def test_the_daemon_on_the_v3_api_loads_no_grpc_nor_httpx() -> None:
+    # Each of them costs megabytes of resident memory (see pyflannel.httpc).
+    loaded = heavy_modules_loaded("auto", "pyflannel.daemon", "pyflannel.registry.etcd3")
+    assert loaded == "[]", loaded
+
+
+def test_the_v2_api_and_the_ctl_load_no_httpx_either() -> None:
+    # The v2 registry speaks HTTP with pyflannel.httpc too.
+    loaded = heavy_modules_loaded("v2", "pyflannel.daemon", "pyflannel.ctl.commands")
+    assert loaded == "[]", loaded
