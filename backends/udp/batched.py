@@ -12,8 +12,9 @@ offload, and the socket with ``UDP_SEGMENT`` and ``UDP_GRO``:
   in place and leave together the same way.
 * UDP → TUN: one ``UDP_GRO`` receive returns many datagrams from one sender; the head of
   every run of one TCP flow is checked like on the plain path, the run is merged back
-  into one super-packet (:func:`.offload.coalesce_runs`, :func:`.offload.merge_headers`)
-  and written to the TUN at once; anything else is written packet by packet.
+  into one super-packet (:func:`.vector.run_lengths`, :mod:`.rxmerge`), together with
+  the runs of later receives that continue it, and written to the TUN at once; anything
+  else is written packet by packet.
 
 Peers need none of this: a peer running flanneld receives ordinary datagrams.
 """
@@ -35,7 +36,6 @@ from pyflannel.backends.udp.offload import (
     VNET_HDR,
     VNET_HDR_LEN,
     complete_checksum,
-    merge_headers,
     segmented_size,
 )
 from pyflannel.backends.udp.packet import (
@@ -47,6 +47,7 @@ from pyflannel.backends.udp.packet import (
 )
 from pyflannel.backends.udp.proxy import BUDGET, BUFFER_SIZE, DataPath
 from pyflannel.backends.udp.routes import RouteTable
+from pyflannel.backends.udp.rxmerge import RunMerger
 from pyflannel.backends.udp.tun import Tun
 from pyflannel.backends.udp.vector import run_lengths, segment_tcp4_vec
 
@@ -58,6 +59,7 @@ GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS before Linux 6.9 (128 since)
 GSO_MAX_BYTES = 65507  # the most one IPv4 UDP send may carry, segmented or not
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+RX_RING = 4 * BUFFER_SIZE  # receive buffers a merged run may span (a run is ≤ 64 KiB)
 
 
 def enable_socket_offloads(sock: socket.socket) -> tuple[bool, bool]:
@@ -119,6 +121,8 @@ class BatchedPath(DataPath):
         self._size = 0  # the segment size of the gathered packets
         self._closed = False  # a shorter, final segment has been gathered
         self._hop: tuple[str, int] | None = None
+        self._rx_view = memoryview(bytearray(RX_RING))
+        self._merger = RunMerger()
 
     def _from_tun(self) -> None:
         """Read frames straight into the gathering buffer, behind what is gathered."""
@@ -238,26 +242,38 @@ class BatchedPath(DataPath):
         return True
 
     def _from_udp(self) -> None:
-        view = memoryview(self._in)
-        buffers = [self._in]
-        for _ in range(BUDGET):
-            try:
-                size, ancillary, _flags, (source, _port) = self._sock.recvmsg_into(
-                    buffers, GRO_CMSG_SPACE
-                )
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self.counters.error(Verdict.UNSUPPORTED, exc)
-                return
-            segment = _gro_size(ancillary) or size
-            if not self._accept_unknown and not self.routes.holds_lease(source):
-                self.counters.drops[Verdict.UNKNOWN_PEER] += -(-size // segment)
-                continue
-            self._deliver(view[:size], segment)
+        """Drain the socket into a ring of receive buffers, merging runs across receives.
+
+        A run kept pending by the merger points into the ring, so the ring is flushed
+        before it wraps, and at the end of every drain.
+        """
+        view = self._rx_view
+        fill = 0
+        try:
+            for _ in range(BUDGET):
+                if fill + BUFFER_SIZE > len(view):
+                    self._flush_merged()
+                    fill = 0
+                try:
+                    size, ancillary, _flags, (source, _port) = self._sock.recvmsg_into(
+                        [view[fill : fill + BUFFER_SIZE]], GRO_CMSG_SPACE
+                    )
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    self.counters.error(Verdict.UNSUPPORTED, exc)
+                    return
+                segment = _gro_size(ancillary) or size
+                if not self._accept_unknown and not self.routes.holds_lease(source):
+                    self.counters.drops[Verdict.UNKNOWN_PEER] += -(-size // segment)
+                    continue
+                self._deliver(view[fill : fill + size], segment)
+                fill += size
+        finally:
+            self._flush_merged()
 
     def _deliver(self, data: memoryview, segment: int) -> None:
-        """Check and write the packets of one receive, merging runs of one TCP flow.
+        """Check the packets of one receive; runs of one TCP flow go to the merger.
 
         The head of a run is checked in full; the rest share its headers (the merge
         rule, :func:`.vector.run_lengths`, compares them), and their own headers are
@@ -272,24 +288,19 @@ class BatchedPath(DataPath):
             if verdict:
                 self.counters.drops[verdict] += count
             elif count == 1:
+                self._flush_merged()
                 decrement_ttl(head)
                 self._write_frame([ZERO_VNET_HDR, head], 1)
             else:
-                self._write_merged(data[pos : pos + count * segment], segment, count)
+                ready = self._merger.add(data[pos : pos + count * segment], segment, count)
+                if ready is not None:
+                    self._write_frame(*ready)
             pos += count * segment
 
-    def _write_merged(self, run: memoryview, segment: int, count: int) -> None:
-        """Write ``count`` full-sized segments laid end to end as one super-packet."""
-        head = run[:segment]
-        hlen = 20 + ((head[32] >> 4) << 2)
-        total = segment + (count - 1) * (segment - hlen)
-        head[8] -= 1  # the TTL; merge_headers recomputes the header checksum
-        last_flags = run[(count - 1) * segment + 33]
-        vnet = merge_headers(head, total, last_flags, segment - hlen)
-        header = bytearray(VNET_HDR_LEN)
-        vnet.pack_into(header)
-        parts = [run[at + hlen : at + segment] for at in range(segment, len(run), segment)]
-        self._write_frame([header, head, *parts], count)
+    def _flush_merged(self) -> None:
+        ready = self._merger.flush()
+        if ready is not None:
+            self._write_frame(*ready)
 
     def _write_frame(self, parts: list[bytes | bytearray | memoryview], count: int) -> None:
         try:

@@ -178,6 +178,16 @@ def run_lengths(data: memoryview, segment: int) -> int:
     return int(pushed[0]) + 2 if len(pushed) else run
 
 
+def same_flow(first: memoryview, other: memoryview, hlen: int) -> bool:
+    """Whether ``other``'s headers may follow ``first``'s in one merged run.
+
+    Equal on every bit :func:`run_lengths` compares, so ``other`` is a segment of the
+    same flow and size; the caller checks its sequence number.
+    """
+    diff = np.frombuffer(first, np.uint8, hlen) ^ np.frombuffer(other, np.uint8, hlen)
+    return not (diff & _follower_bytes(hlen)).any()
+
+
 def _follower_bytes(hlen: int) -> Array:
     """Per header byte, the bits a follower must share with the head of its run.
 
