@@ -8,7 +8,8 @@ lease by default, as real hosts' leases are) are written before the daemon start
 
 * phase A: daemon start → lease acquired (subnet.env written), and lease acquired →
   every route, neighbour and FDB entry in the kernel;
-* phase B: first → last write, and last write → every entry in the kernel;
+* phase B: first → last write, and last write → every entry in the kernel (with
+  ``--bursts K``: K times, deleting the burst's leases in between, which is timed too);
 * the daemon's CPU seconds (utime + stime from /proc/<pid>/stat) per phase and while
   idle (over ``--idle`` seconds, which should include one periodic resync), and its
   RSS (VmRSS, VmHWM).
@@ -24,6 +25,11 @@ peers, idle CPU ≈ 0.
     sudo .venv/bin/python benchmarks/vxlan_convergence.py            # N = 1000 and 5000
     sudo .venv/bin/python benchmarks/vxlan_convergence.py -n 2000
     sudo .venv/bin/python benchmarks/vxlan_convergence.py --smoke    # N = 100, seconds
+    sudo .venv/bin/python benchmarks/vxlan_convergence.py -n 1000 --bursts 6   # spread
+    sudo .venv/bin/python benchmarks/vxlan_convergence.py -n 1000 --profile DIR
+
+``--profile`` has the daemon profile itself (cProfile) during the first burst and
+prints its CPU by file and by function, kernel time in netlink ``send`` included.
 
 Needs root, iproute2 and etcd; it creates and deletes its own ``pft-`` namespace.
 """
@@ -36,9 +42,12 @@ import base64
 import errno
 import json
 import os
+import pstats
 import re
 import shutil
+import signal
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -50,7 +59,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-from pyroute2 import netns as pyroute2_netns
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -58,6 +66,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from support.daemon import Daemon, start_daemon  # noqa: E402
 from support.etcd import EtcdServer  # noqa: E402
 from support.netns import Host, Namespace  # noqa: E402
+from support.nsjoin import join, join_fd  # noqa: E402
 
 from pyflannel.aio import spawn  # noqa: E402
 from pyflannel.netlink import rtnl  # noqa: E402
@@ -122,13 +131,19 @@ class Etcd:
             ]
             await self.post("kv/txn", {"success": ops})
 
+    async def delete_all(self, keys: list[str]) -> None:
+        """Delete every key, TXN_OPS per transaction."""
+        for start in range(0, len(keys), TXN_OPS):
+            ops = [{"requestDeleteRange": {"key": b64(k)}} for k in keys[start : start + TXN_OPS]]
+            await self.post("kv/txn", {"success": ops})
+
 
 @dataclass
 class Counter:
     """Entries of the overlay as the kernel announces them, and when the last one came."""
 
-    routes: set[IPv4Network] = field(default_factory=set)
-    neighbours: set[IPv4Address] = field(default_factory=set)
+    routes: set[str] = field(default_factory=set)
+    neighbours: set[str] = field(default_factory=set)
     fdb: set[str] = field(default_factory=set)
     last: float = 0.0
     overrun: bool = False
@@ -136,16 +151,21 @@ class Counter:
     def count(self) -> int:
         return min(len(self.routes), len(self.neighbours), len(self.fdb))
 
+    def largest(self) -> int:
+        return max(len(self.routes), len(self.neighbours), len(self.fdb))
+
     def take(self, data: memoryview) -> None:
         for msg in rtnl.messages(data):
+            # A deletion notice may not carry the flags and state the entry had.
             if msg.msg_type in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+                deleted = msg.msg_type == rtnl.RTM_DELROUTE
                 route = rtnl.parse_route(data, msg.start, msg.end)
-                if route is not None and route.onlink:
-                    _update(self.routes, route.dst, msg.msg_type == rtnl.RTM_DELROUTE)
+                if route is not None and (route.onlink or deleted):
+                    _update(self.routes, route.dst, deleted)
             elif msg.msg_type in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
                 deleted = msg.msg_type == rtnl.RTM_DELNEIGH
                 neighbour = rtnl.parse_neighbour(data, msg.start, msg.end)
-                if neighbour is not None and neighbour.permanent:
+                if neighbour is not None and (neighbour.permanent or deleted):
                     _update(self.neighbours, neighbour.ip, deleted)
                 fdb = rtnl.parse_fdb(data, msg.start, msg.end)
                 if fdb is not None:
@@ -229,6 +249,84 @@ async def kernel_counts() -> tuple[int, int, int]:
         await ops.close()
 
 
+PROFILE_HOOK = """
+import cProfile, os, signal
+if os.environ.get("PYFLANNEL_BENCH_PROFILE"):
+    _profile = cProfile.Profile()
+
+    def _stop(signum, frame):
+        _profile.disable()
+        _profile.dump_stats(os.environ["PYFLANNEL_BENCH_PROFILE"])
+
+    signal.signal(signal.SIGUSR1, lambda signum, frame: _profile.enable())
+    signal.signal(signal.SIGUSR2, _stop)
+"""
+
+
+def profile_env(directory: str | None, work: Path) -> dict[str, str]:
+    """Environment that lets the daemon profile itself between SIGUSR1 and SIGUSR2.
+
+    A ``sitecustomize`` module installs the two handlers: nothing in the daemon
+    changes, and cProfile sees the time spent inside system calls too (the kernel's
+    share of a netlink batch is spent in ``send``), which a sampler cannot attribute.
+    """
+    if directory is None:
+        return {}
+    hook = work / "profile-hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(PROFILE_HOOK)
+    out = Path(directory).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return {"PYTHONPATH": str(hook), "PYFLANNEL_BENCH_PROFILE": str(out / "burst.prof")}
+
+
+@contextmanager
+def profiled(daemon: Daemon | None) -> Iterator[None]:
+    """Profile the daemon while the block runs (if it was started with profile_env)."""
+    path = daemon.env.get("PYFLANNEL_BENCH_PROFILE") if daemon is not None else None
+    if daemon is None or path is None or daemon.proc is None:
+        yield
+        return
+    Path(path).unlink(missing_ok=True)
+    daemon.signal(signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        daemon.signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while not Path(path).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(0.2)  # written in full
+    print(profile_summary(path), flush=True)
+
+
+def profile_summary(path: str, top: int = 14) -> str:
+    """The daemon's CPU by file (own time) and its most expensive functions.
+
+    Time in ``epoll.poll`` is waiting, not work: it is left out.
+    """
+    table: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    table = pstats.Stats(path).stats  # type: ignore[attr-defined]
+    work = {where: entry for where, entry in table.items() if "epoll" not in where[2]}
+    total = sum(entry[2] for entry in work.values()) or 1.0
+    files: dict[str, float] = {}
+    for (file, _line, _name), entry in work.items():
+        files[_short(file)] = files.get(_short(file), 0.0) + entry[2]
+    lines = [f"  profile of the burst: {total * 1000:.0f} ms of CPU (profiler overhead included)"]
+    lines.append("  own time by file:")
+    for label, seconds in sorted(files.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * seconds / total:5.1f} %  {label}")
+    lines.append("  own time by function:")
+    for (file, line, name), entry in sorted(work.items(), key=lambda kv: -kv[1][2])[:top]:
+        where = f"{_short(file)}:{line}" if file != "~" else "built-in"
+        lines.append(f"    {100 * entry[2] / total:5.1f} %  {name} ({where}), {entry[1]} calls")
+    return "\n".join(lines)
+
+
+def _short(file: str) -> str:
+    return "(built-in)" if file == "~" else re.sub(r"^.*/(pyflannel|python3\.\d+)/", "", file)
+
+
 @dataclass
 class Report:
     n: int
@@ -240,15 +338,18 @@ class Report:
 
 
 async def phase_a(
-    etcd: Etcd, n: int, host: Host, work: Path, *, shared: bool, report: Report
+    etcd: Etcd, n: int, host: Host, work: Path, *, args: argparse.Namespace, report: Report
 ) -> tuple[Daemon, Counter]:
     items = peer_leases(n, PHASE_A)
-    await etcd.put_all(items, await lease_ids(etcd, n, shared))
+    await etcd.put_all(items, await lease_ids(etcd, n, args.shared_lease))
     counter = Counter()
     sock = subscribe()
     spawn(watch(counter, sock), name="bench-netlink-counter")
     started = time.monotonic()
-    daemon = start_daemon(host, work, f"--etcd-endpoints={ETCD}", "--iface=eth0", wait=False)
+    env = profile_env(args.profile, work)
+    daemon = start_daemon(
+        host, work, f"--etcd-endpoints={ETCD}", "--iface=eth0", env=env, wait=False
+    )
     assert daemon.proc is not None
     leased = await wait_file(daemon.subnet_file, daemon)
     done = await wait_count(counter, n, timeout=120)
@@ -272,17 +373,44 @@ async def lease_ids(etcd: Etcd, n: int, shared: bool) -> list[str]:
 
 
 async def phase_b(
-    etcd: Etcd, n: int, daemon: Daemon, counter: Counter, *, shared: bool, report: Report
-) -> None:
+    etcd: Etcd, n: int, daemon: Daemon, counter: Counter, *, args: argparse.Namespace,
+    report: Report,
+) -> None:  # fmt: skip
+    """The burst, measured once in detail (and profiled if asked); with ``--bursts K``
+    the burst's leases are deleted (a burst of removals, timed too) and written again,
+    K times in all, for the spread of the latency on a busy machine."""
+    latencies = [await burst(etcd, n, daemon, counter, args=args, report=report)]
+    removals = []
+    for _ in range(args.bursts - 1):
+        removals.append(await unburst(etcd, n, counter))
+        latencies.append(await burst(etcd, n, daemon, counter, args=args, report=None))
+    if len(latencies) > 1:
+        report.add(f"phase B: last write -> all programmed, x{len(latencies)}", spread(latencies))
+        report.add(f"phase B: last delete -> all removed, x{len(removals)}", spread(removals))
+
+
+def spread(values: list[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    return f"median {statistics.median(ms):.1f} ms ({', '.join(f'{v:.0f}' for v in ms)})"
+
+
+async def burst(
+    etcd: Etcd, n: int, daemon: Daemon, counter: Counter, *, args: argparse.Namespace,
+    report: Report | None,
+) -> float:  # fmt: skip
+    """Write the burst's leases; the time from the last write to the last entry."""
     assert daemon.proc is not None
     items = peer_leases(n, PHASE_B)
-    ids = await lease_ids(etcd, n, shared)
+    ids = await lease_ids(etcd, n, args.shared_lease)
     cpu0 = cpu_seconds(daemon.proc.pid)
     passes_before = len(backend_passes(daemon))
-    first = time.monotonic()
-    await etcd.put_all(items, ids)
-    last = time.monotonic()
-    done = await wait_count(counter, 2 * n, timeout=120)
+    with profiled(daemon if report is not None else None):
+        first = time.monotonic()
+        await etcd.put_all(items, ids)
+        last = time.monotonic()
+        done = await wait_count(counter, 2 * n, timeout=120)
+    if report is None:
+        return max(0.0, done - last)
     await asyncio.sleep(0.1)  # let the log line of the last pass arrive
     passes = backend_passes(daemon)[passes_before:]
     report.add(f"phase B: burst of {n} writes, first -> last", f"{last - first:.3f} s")
@@ -293,6 +421,21 @@ async def phase_b(
             "phase B: backend passes (count, sum, last)",
             f"{len(passes)}, {sum(passes) * 1000:.0f} ms, {passes[-1] * 1000:.0f} ms",
         )
+    return max(0.0, done - last)
+
+
+async def unburst(etcd: Etcd, n: int, counter: Counter) -> float:
+    """Delete the burst's leases; the time from the last delete to the last removal."""
+    await asyncio.sleep(0.5)
+    await etcd.delete_all([key for key, _ in peer_leases(n, PHASE_B)])
+    last = time.monotonic()
+    deadline = last + 120
+    while counter.largest() > n:
+        if counter.overrun or time.monotonic() > deadline:
+            raise RuntimeError(f"{counter.largest()} entries left of {n}")
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.5)
+    return max(0.0, counter.last - last)
 
 
 async def single(etcd: Etcd, n: int, counter: Counter, report: Report) -> None:
@@ -326,11 +469,9 @@ async def measure(n: int, host: Host, work: Path, args: argparse.Namespace) -> R
     async with httpx.AsyncClient(timeout=30) as http:
         etcd = Etcd(http)
         await etcd.post("kv/put", {"key": b64(f"{PREFIX}/config"), "value": b64(CONFIG)})
-        daemon, counter = await phase_a(
-            etcd, n, host, work, shared=args.shared_lease, report=report
-        )
+        daemon, counter = await phase_a(etcd, n, host, work, args=args, report=report)
         try:
-            await phase_b(etcd, n, daemon, counter, shared=args.shared_lease, report=report)
+            await phase_b(etcd, n, daemon, counter, args=args, report=report)
             await single(etcd, n, counter, report)
             await idle(daemon, args.idle, n, report)
         finally:
@@ -359,10 +500,10 @@ def run_one(n: int, args: argparse.Namespace) -> Report:
         # below see it as their host; the namespace goes when the context ends.
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
-            pyroute2_netns.setns(host.ns.name, flags=0)
+            join(host.ns.name)
             return asyncio.run(measure(n, host, tmp / "daemon", args))
         finally:
-            pyroute2_netns.setns(home, flags=0)
+            join_fd(home)
             os.close(home)
 
 
@@ -374,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-lease", action="store_true", help="one etcd lease for all")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     parser.add_argument("--log-dir", help="keep the daemon's log there")
+    parser.add_argument("--bursts", type=int, default=1, help="bursts to time (default 1)")
+    parser.add_argument("--profile", help="profile the daemon during the burst, keep it there")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)

@@ -3,8 +3,9 @@
 The producer publishes every batch at once; the consumer receives one
 :class:`~pyflannel.backend.PeerUpdate` holding all events published since it last
 looked and the latest full peer set. A backend that is busy programming the kernel
-therefore never falls behind a queue of stale intermediate states: a burst of lease
-writes collapses into one update.
+therefore never falls behind a queue of stale intermediate states: the batches that
+arrive during one pass collapse into one update. Publishing costs the events only;
+the peer set is made once per update, by the lease table, and only if it changed.
 """
 
 from __future__ import annotations

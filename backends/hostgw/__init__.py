@@ -6,14 +6,19 @@ Design notes
   and the MTU is the external interface's own (facts §8). ``prepare()`` refuses a
   ``--public-ip`` other than the interface address, with flanneld's reason.
 - The routes are a pure function of the own lease, the peer leases and the subnets
-  connected to the interface (:mod:`.desired`). One pass reads the routes we own
-  (through the external interface into the overlay network, other than our own
-  subnet), diffs and applies the difference with the shared netlink applier.
-- Passes run when the peer set changes, when netlink reports a route deleted from
-  the interface or a change of the interface, and every ``RESYNC_PERIOD`` seconds,
-  as flanneld's route check. So routes deleted by hand come back, and routes of
-  peers that left while we were down go at start-up (the first pass waits for the
-  first peer update, so no route of a live peer is ever removed on a restart).
+  connected to the interface (:mod:`.desired`), kept per peer in a
+  :class:`~pyflannel.core.peerbook.PeerBook` that each lease event updates. A full
+  pass reads the routes we own (through the external interface into the overlay
+  network, other than our own subnet), diffs and applies the difference with the
+  shared netlink applier; a pass for lease events applies just the routes they
+  changed.
+- Full passes run at start, when netlink reports a route deleted from the interface
+  or a change of the interface, and every ``RESYNC_PERIOD`` seconds, as flanneld's
+  route check. So routes deleted by hand come back, and routes of peers that left
+  while we were down go at start-up (the first pass waits for the first peer
+  update, so no route of a live peer is ever removed on a restart). Every pass
+  reads the interface's addresses, so a peer becomes routable as soon as an address
+  puts it on a connected subnet.
 - A host-gw peer whose PublicIP is not on a subnet connected to the interface
   cannot be routed without a router; flanneld fails on it with a bare netlink
   error, we log once why and which subnet, and carry on with the others.
@@ -24,17 +29,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from ipaddress import IPv4Network
 
 from pyflannel.backend import BackendContext, PeerUpdate, Prepared
 from pyflannel.backends.hostgw.desired import (
     BACKEND_TYPE,
-    Desired,
     check_public_ip,
-    desired_routes,
+    configure,
     route_scope,
 )
 from pyflannel.core.kernelstate import MAIN_TABLE
+from pyflannel.core.peerbook import PeerBook, PeerNote
 from pyflannel.errors import BackendError
 from pyflannel.model.lease import Lease
 from pyflannel.netlink.applier import ReconcileLoop, Reconciler
@@ -57,9 +61,7 @@ class HostGwBackend:
         self._reconciler = Reconciler(self._ops)
         self._loop = ReconcileLoop(self._sync, period=RESYNC_PERIOD, transient=(BackendError,))
         self._own: Lease | None = None
-        self._peers: tuple[Lease, ...] = ()
-        self._skipped: set[tuple[IPv4Network, str]] = set()
-        self._foreign: set[IPv4Network] = set()
+        self._book: PeerBook | None = None
 
     async def prepare(self) -> Prepared:
         check_public_ip(self._ctx.iface)
@@ -68,36 +70,28 @@ class HostGwBackend:
 
     async def run(self, own: Lease, feed: AsyncIterator[PeerUpdate]) -> None:
         self._own = own
+        self._book = PeerBook(own.subnet)
         await drive(self._loop, feed, name="hostgw", take=self._take, concerns=self._concerns)
 
     def _take(self, update: PeerUpdate) -> None:
-        self._peers = update.leases
+        if self._book is not None:
+            self._book.follow(update.events, update.leases)
 
     async def close(self) -> None:
         await self._ops.close()
 
     async def _sync(self) -> None:
-        """One pass: read the connected subnets, compute the routes, reconcile."""
-        own = self._own
-        if own is None:
+        """One pass: read the connected subnets, then apply the routes that changed
+        (or compare them all with the kernel's, on a full pass)."""
+        own, book = self._own, self._book
+        if own is None or book is None:
             return
         iface = self._ctx.iface
-        connected = [address.network for address in await self._ops.addresses(iface.index)]
-        desired = desired_routes(own, self._peers, iface, connected)
-        self._report(desired)
+        configure(
+            book, iface, [address.network for address in await self._ops.addresses(iface.index)]
+        )
         scope = route_scope(iface.index, self._ctx.config.network, own.subnet)
-        await self._reconciler.reconcile(desired.state, scope)
-
-    def _report(self, desired: Desired) -> None:
-        """Log each unroutable or foreign peer once (again only after it changes)."""
-        skipped = {(peer.subnet, peer.reason) for peer in desired.skipped}
-        for subnet, reason in sorted(skipped - self._skipped):
-            logger.warning("no host-gw route for %s: %s", subnet, reason)
-        self._skipped = skipped
-        foreign = set(desired.foreign)
-        for subnet in sorted(foreign - self._foreign):
-            logger.info("ignoring non-host-gw subnet %s", subnet)
-        self._foreign = foreign
+        await self._reconciler.program(book, scope, full=self._loop.full, report=_report)
 
     def _concerns(self, notice: Notice) -> bool:
         if notice.pid and notice.pid == self._ops.port_id:
@@ -105,3 +99,12 @@ class HostGwBackend:
         if notice.ifindex != self._ctx.iface.index:
             return False
         return notice.kind == "link" or (notice.kind == "route" and notice.table == MAIN_TABLE)
+
+
+def _report(notes: tuple[PeerNote, ...]) -> None:
+    """Log each unroutable or foreign peer once (again only after it changes)."""
+    for note in notes:
+        if note.reason is not None:
+            logger.warning("no host-gw route for %s: %s", note.subnet, note.reason)
+        elif note.foreign:
+            logger.info("ignoring non-host-gw subnet %s", note.subnet)

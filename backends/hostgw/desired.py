@@ -17,13 +17,14 @@ Rules of this file: pure code, no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.backend import ExternalInterface
-from pyflannel.core.kernelstate import KernelState, Route, Scope
+from pyflannel.core.kernelstate import Route, Scope
+from pyflannel.core.peerbook import Desired, PeerBook, PeerResult, Unusable, Wanted
 from pyflannel.errors import ConfigError
-from pyflannel.model.lease import Lease
+from pyflannel.model.lease import EventKind, Lease, LeaseEvent
 
 BACKEND_TYPE = "host-gw"
 
@@ -31,23 +32,6 @@ NAT_REASON = (
     "your PublicIP differs from interface IP, meaning that probably you're on a NAT, "
     "which is not supported by host-gw backend"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedPeer:
-    """A host-gw peer lease that gets no route, and why (logged once)."""
-
-    subnet: IPv4Network
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Desired:
-    """The routes to hold, and the peers left out of them."""
-
-    state: KernelState
-    skipped: tuple[SkippedPeer, ...] = ()
-    foreign: tuple[IPv4Network, ...] = ()  # peers of another backend type (ignored)
 
 
 def check_public_ip(iface: ExternalInterface) -> None:
@@ -65,6 +49,30 @@ def check_public_ip(iface: ExternalInterface) -> None:
         )
 
 
+def host_route(
+    lease: Lease, iface: ExternalInterface, connected: tuple[IPv4Network, ...]
+) -> PeerResult:
+    """The route for one peer lease: via its PublicIP, which must be on a connected subnet.
+
+    ``connected`` are the subnets directly reachable through the interface (its
+    addresses' prefixes). Leases of other backend types are ignored, as flanneld
+    ignores them; a host-gw peer that cannot have a route is reported with why.
+    """
+    if lease.attrs.backend_type != BACKEND_TYPE:
+        return None
+    reason = _unroutable(lease.attrs.public_ip, iface, connected)
+    if reason is not None:
+        return Unusable(reason)
+    return Wanted((Route(str(lease.subnet), str(lease.attrs.public_ip), iface.index),))
+
+
+def configure(book: PeerBook, iface: ExternalInterface, connected: Sequence[IPv4Network]) -> None:
+    """Point ``book`` at the interface's current subnets (every route is made again
+    when they changed, and only then)."""
+    subnets = tuple(connected)
+    book.configure(partial(host_route, iface=iface, connected=subnets), (iface, subnets))
+
+
 def desired_routes(
     own: Lease,
     peers: Iterable[Lease],
@@ -73,25 +81,13 @@ def desired_routes(
 ) -> Desired:
     """The route for every host-gw peer whose PublicIP is on a connected subnet.
 
-    ``connected`` are the subnets directly reachable through the interface (its
-    addresses' prefixes). Leases of other backend types are ignored, as flanneld
-    ignores them; a host-gw peer that cannot have a route is reported with why.
+    The whole state at once, for a one-off check; the backend keeps a
+    :class:`~pyflannel.core.peerbook.PeerBook` up to date instead, which gives the same.
     """
-    routes: set[Route] = set()
-    skipped: list[SkippedPeer] = []
-    foreign: list[IPv4Network] = []
-    for lease in sorted(peers, key=lambda lease: lease.subnet):
-        if lease.subnet == own.subnet:
-            continue
-        if lease.attrs.backend_type != BACKEND_TYPE:
-            foreign.append(lease.subnet)
-            continue
-        reason = _unroutable(lease.attrs.public_ip, iface, connected)
-        if reason is None:
-            routes.add(Route(str(lease.subnet), str(lease.attrs.public_ip), iface.index))
-        else:
-            skipped.append(SkippedPeer(lease.subnet, reason))
-    return Desired(KernelState(routes=frozenset(routes)), tuple(skipped), tuple(foreign))
+    book = PeerBook(own.subnet)
+    configure(book, iface, connected)
+    book.update(LeaseEvent(EventKind.ADDED, peer) for peer in peers)
+    return book.desired()
 
 
 def route_scope(iface_index: int, network: IPv4Network, own: IPv4Network) -> Scope:
@@ -105,7 +101,7 @@ def route_scope(iface_index: int, network: IPv4Network, own: IPv4Network) -> Sco
 
 
 def _unroutable(
-    gateway: IPv4Address, iface: ExternalInterface, connected: Sequence[IPv4Network]
+    gateway: IPv4Address, iface: ExternalInterface, connected: tuple[IPv4Network, ...]
 ) -> str | None:
     if gateway == iface.iface_addr:
         return "its PublicIP is this host's own address (a lease left by an earlier run?)"

@@ -6,20 +6,26 @@ Design notes
   its MAC in the lease's BackendData, with or without ``VNI`` according to the
   registry's lease format. ``run()`` gives the device our subnet's address.
 - The kernel state is a pure function of the own lease, the peer leases and the
-  options (:mod:`.desired`), computed anew for every pass (a memo keeps each
-  unchanged lease's entries). The applier (:mod:`pyflannel.netlink.applier`) diffs
-  it with what the kernel holds on our device (and our DirectRouting routes, found
-  by their route protocol) and applies the difference in a few batched writes.
-- Passes run when the peer set changes (the feed always carries the complete set,
-  so a burst of lease writes costs a pass or two), when netlink reports a deletion
-  on our device or of our routes, and every ``RESYNC_PERIOD`` seconds. So entries
-  deleted by hand come back, entries of peers that left while we were down go at
-  start-up, and a peer's changed VtepMAC leaves no stale FDB entry (an FDB entry is
-  keyed by MAC, so the old one is simply not desired any more).
-- A pass for a lease update diffs against what the previous pass left; a *full*
-  pass (periodic, after a netlink notice or a failure) first checks the device,
-  recreating one that vanished or was changed with the MAC our lease advertises,
-  and reads every entry back from the kernel.
+  options (:mod:`.desired`), kept per peer in a
+  :class:`~pyflannel.core.peerbook.PeerBook` that each lease event updates. The
+  applier (:mod:`pyflannel.netlink.applier`) diffs it with what the kernel holds on
+  our device (and our DirectRouting routes, found by their route protocol) and
+  applies the difference in a few batched writes.
+- Passes run when lease events arrive (events that come in during a pass make one
+  more pass), when netlink reports a deletion on our device or of our routes, and
+  every ``RESYNC_PERIOD`` seconds. So entries deleted by hand come back, entries of
+  peers that left while we were down go at start-up, and a peer's changed VtepMAC
+  leaves no stale FDB entry (an FDB entry is keyed by MAC, so the old one is simply
+  not desired any more).
+- A pass for lease events applies only the entries those events changed (the
+  book's delta), trusting that the kernel holds what the previous pass left; a
+  *full* pass (the first, periodic, after a netlink notice or a failure) first
+  checks the device, recreating one that vanished or was changed with the MAC our
+  lease advertises, and compares every entry with the kernel's.
+- The kernel announces the deletion of a neighbour or FDB entry without naming
+  who asked for it; the deletions a pass sends are therefore expected
+  (:class:`~pyflannel.netlink.driver.Echoes`), not taken for someone else's, or
+  every peer that leaves would cost a full pass.
 - The first pass waits for the first peer update, so a restart never removes the
   entries of peers that are still there.
 - Nothing is removed on shutdown (as flanneld): traffic flows while we restart.
@@ -28,19 +34,11 @@ Design notes
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 
 from pyflannel.backend import BackendContext, PeerUpdate, Prepared
-from pyflannel.backends.vxlan.desired import (
-    BACKEND_TYPE,
-    Desired,
-    Links,
-    PeerResult,
-    backend_data,
-    desired_state,
-    peer_entries,
-)
+from pyflannel.backends.vxlan.desired import BACKEND_TYPE, Links, backend_data, configure
 from pyflannel.backends.vxlan.device import (
     DeviceSpec,
     configure_device,
@@ -50,10 +48,11 @@ from pyflannel.backends.vxlan.device import (
 )
 from pyflannel.backends.vxlan.options import parse_settings
 from pyflannel.core.kernelstate import MAIN_TABLE, RTPROT_PYFLANNEL, Scope
+from pyflannel.core.peerbook import PeerBook, PeerNote
 from pyflannel.errors import BackendError
 from pyflannel.model.lease import Lease
 from pyflannel.netlink.applier import ReconcileLoop, Reconciler
-from pyflannel.netlink.driver import drive
+from pyflannel.netlink.driver import Echoes, drive
 from pyflannel.netlink.ops import LinkState, NetlinkOps
 from pyflannel.netlink.rtnl import Notice
 
@@ -71,15 +70,13 @@ class VxlanBackend:
         self._settings = parse_settings(ctx.config)
         self._spec: DeviceSpec = device_spec(self._settings, ctx.iface)
         self._ops = NetlinkOps()
-        self._reconciler = Reconciler(self._ops)
+        self._echoes = Echoes()
+        self._reconciler = Reconciler(self._ops, on_send=self._echoes.expect)
         self._loop = ReconcileLoop(self._sync, period=RESYNC_PERIOD, transient=(BackendError,))
         self._link: LinkState | None = None
         self._own: Lease | None = None
-        self._peers: tuple[Lease, ...] = ()
+        self._book: PeerBook | None = None
         self._links: Links | None = None
-        self._memo = PeerMemo()
-        self._warned: set[tuple[IPv4Network, str]] = set()
-        self._foreign: set[IPv4Network] = set()
 
     @property
     def link(self) -> LinkState | None:
@@ -95,11 +92,13 @@ class VxlanBackend:
     async def run(self, own: Lease, feed: AsyncIterator[PeerUpdate]) -> None:
         link = self._require_link()
         self._own = own
+        self._book = PeerBook(own.subnet)
         await configure_device(self._ops, link, own.subnet, self._ctx.config.network)
         await drive(self._loop, feed, name="vxlan", take=self._take, concerns=self._concerns)
 
     def _take(self, update: PeerUpdate) -> None:
-        self._peers = update.leases
+        if self._book is not None:
+            self._book.follow(update.events, update.leases)
 
     async def close(self) -> None:
         await self._ops.close()
@@ -110,30 +109,21 @@ class VxlanBackend:
         return self._link
 
     async def _sync(self) -> None:
-        """One pass: check the device (on a full pass), compute the desired state, apply.
+        """One pass: on a full one, check the device and its addresses first; then apply.
 
-        A pass for a lease update trusts the device and the entries the previous pass
+        A pass for lease events trusts the device and the entries the previous pass
         left; a full pass (periodic, or after netlink reported a deletion) checks both.
         """
-        own = self._own
-        if own is None:
+        own, book = self._own, self._book
+        if own is None or book is None:
             return
-        full = self._loop.full
-        link = await self._checked_device(own) if full or self._links is None else self._link
-        if link is None:
-            return
-        if full or self._links is None:
-            self._links = await self._read_links(link)
-        entries_of = self._memo.function(own, self._links, self._settings.direct_routing)
-        desired = desired_state(
-            own,
-            self._peers,
-            self._links,
-            direct_routing=self._settings.direct_routing,
-            entries_of=entries_of,
-        )
-        self._report(desired)
-        outcome = await self._reconciler.reconcile(desired.state, self._scope(link), refresh=full)
+        full = self._loop.full or self._links is None
+        links = self._links
+        if full or links is None:
+            links = self._links = await self._read_links(await self._checked_device(own))
+            configure(book, own, links, direct_routing=self._settings.direct_routing)
+        scope = _scope(links.vxlan_index)
+        outcome = await self._reconciler.program(book, scope, full=full, report=_report)
         if outcome.device_gone:
             self._links = None
             self._loop.poke(full=True)
@@ -166,25 +156,6 @@ class VxlanBackend:
             connected = tuple(address.network for address in addresses)
         return Links(link.index, link.mac, self._ctx.iface.index, connected)
 
-    def _scope(self, link: LinkState) -> Scope:
-        return Scope(
-            route_oifs=frozenset({link.index}),
-            route_protos=frozenset({RTPROT_PYFLANNEL}),
-            neighbour_ifindex=link.index,
-            fdb_ifindex=link.index,
-        )
-
-    def _report(self, desired: Desired) -> None:
-        """Log each unusable or foreign peer lease once (again only after it changes)."""
-        skipped = {(peer.subnet, peer.reason) for peer in desired.skipped}
-        for subnet, reason in sorted(skipped - self._warned):
-            logger.warning("skipping the vxlan lease for %s: %s", subnet, reason)
-        self._warned = skipped
-        foreign = set(desired.foreign)
-        for subnet in sorted(foreign - self._foreign):
-            logger.info("ignoring non-vxlan subnet %s", subnet)
-        self._foreign = foreign
-
     def _concerns(self, notice: Notice) -> bool:
         link = self._link
         if link is None:
@@ -194,37 +165,23 @@ class VxlanBackend:
         if notice.kind == "route":
             ours = notice.ifindex == link.index or notice.proto == RTPROT_PYFLANNEL
             return notice.table == MAIN_TABLE and ours
-        return notice.ifindex == link.index
+        return notice.ifindex == link.index and not self._echoes.absorb(notice)
 
 
-class PeerMemo:
-    """:func:`peer_entries` remembered per lease object, while its other inputs stay.
+def _scope(index: int) -> Scope:
+    """What we own: everything on our device, and our DirectRouting routes."""
+    return Scope(
+        route_oifs=frozenset({index}),
+        route_protos=frozenset({RTPROT_PYFLANNEL}),
+        neighbour_ifindex=index,
+        fdb_ifindex=index,
+    )
 
-    The lease table hands over the same ``Lease`` objects until a lease changes, so
-    a pass over thousands of peers parses only the new or changed ones. Entries are
-    keyed by ``id()`` and checked by identity (the lease is kept alive with them).
-    """
 
-    def __init__(self) -> None:
-        self._inputs: tuple[Lease, Links, bool] | None = None
-        self._cache: dict[int, tuple[Lease, PeerResult]] = {}
-
-    def function(
-        self, own: Lease, links: Links, direct_routing: bool
-    ) -> Callable[[Lease], PeerResult]:
-        """The memoised function for one pass (forgets leases the pass does not ask for)."""
-        inputs = (own, links, direct_routing)
-        previous = self._cache if inputs == self._inputs else {}
-        self._inputs = inputs
-        self._cache = current = {}
-
-        def entries_of(lease: Lease) -> PeerResult:
-            hit = previous.get(id(lease))
-            if hit is not None and hit[0] is lease:
-                result = hit[1]
-            else:
-                result = peer_entries(lease, own, links, direct_routing=direct_routing)
-            current[id(lease)] = (lease, result)
-            return result
-
-        return entries_of
+def _report(notes: tuple[PeerNote, ...]) -> None:
+    """Log each unusable or foreign peer lease once (again only after it changes)."""
+    for note in notes:
+        if note.reason is not None:
+            logger.warning("skipping the vxlan lease for %s: %s", note.subnet, note.reason)
+        elif note.foreign:
+            logger.info("ignoring non-vxlan subnet %s", note.subnet)

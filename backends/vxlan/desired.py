@@ -9,10 +9,12 @@ For every peer lease of type ``vxlan`` (facts §6.2), on ``flannel.<VNI>``:
 With ``DirectRouting`` and a peer whose PublicIP lies in a subnet connected to our
 external interface, one plain route via the PublicIP replaces all three.
 
-The result depends on nothing but the arguments, so the applier can compare it with
-the kernel at any time: on a lease change, on a periodic resync, after a restart.
-Peer data that cannot be used is reported, never raised: one bad lease must not
-stop the programming of the others.
+A peer's entries depend on nothing but its lease, our lease and the devices, so the
+backend keeps them in a :class:`~pyflannel.core.peerbook.PeerBook` updated lease by
+lease, and the applier can compare the whole with the kernel at any time: on a
+periodic resync, after a restart. Two peers claiming one MAC (or one neighbour
+address) is settled there: the lower subnet gets it. Peer data that cannot be used is
+reported, never raised: one bad lease must not stop the programming of the others.
 
 Rules of this file: pure code, no I/O.
 """
@@ -20,7 +22,7 @@ Rules of this file: pure code, no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
@@ -29,13 +31,13 @@ from typing import Any
 from pyflannel.core.kernelstate import (
     RTPROT_PYFLANNEL,
     FdbEntry,
-    KernelState,
     Neighbour,
     Route,
 )
+from pyflannel.core.peerbook import Desired, PeerBook, PeerResult, Unusable, Wanted
 from pyflannel.errors import PeerDataError
 from pyflannel.model import gojson
-from pyflannel.model.lease import Lease, LeaseFormat
+from pyflannel.model.lease import EventKind, Lease, LeaseEvent, LeaseFormat
 
 BACKEND_TYPE = "vxlan"
 
@@ -48,6 +50,11 @@ _MAC_FORMS = (
 )  # fmt: skip
 
 
+# BackendData in the form flanneld writes it: {"VNI":1,"VtepMAC":"..."} or, before
+# v0.15, {"VtepMAC":"..."}; a MAC-like string cannot hold a JSON escape.
+_COMMON_DATA = re.compile(r'\{(?:"VNI":-?(?:0|[1-9][0-9]*),)?"VtepMAC":"([0-9A-Fa-f:.-]*)"\}')
+
+
 @dataclass(frozen=True, slots=True)
 class Links:
     """The devices and addresses the desired state refers to."""
@@ -56,23 +63,6 @@ class Links:
     vxlan_mac: str  # its MAC, which no peer may claim
     uplink_index: int  # the external interface
     connected: tuple[IPv4Network, ...] = ()  # the external interface's subnets
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class SkippedPeer:
-    """A vxlan peer lease that gets no entries, and why (logged once)."""
-
-    subnet: IPv4Network
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Desired:
-    """The kernel state to hold, and the peers left out of it."""
-
-    state: KernelState
-    skipped: tuple[SkippedPeer, ...] = ()
-    foreign: tuple[IPv4Network, ...] = ()  # peers of another backend type (ignored)
 
 
 def backend_data(vni: int, mac: str, fmt: LeaseFormat) -> str:
@@ -97,7 +87,14 @@ def parse_mac(text: str) -> str:
 
 
 def peer_vtep_mac(lease: Lease) -> str:
-    """The VtepMAC of a vxlan lease; PeerDataError when it is missing or malformed."""
+    """The VtepMAC of a vxlan lease; PeerDataError when it is missing or malformed.
+
+    BackendData as flanneld (and pyflanneld) writes it is read with one regular
+    expression; anything else goes through the JSON decoder, with the same result.
+    """
+    text = lease.attrs.backend_data
+    if text is not None and (common := _COMMON_DATA.fullmatch(text)) is not None:
+        return parse_mac(common.group(1))
     try:
         data: Any = lease.attrs.backend_json()
     except ValueError as exc:
@@ -112,106 +109,59 @@ def peer_vtep_mac(lease: Lease) -> str:
     return parse_mac(value)
 
 
-@dataclass(frozen=True, slots=True)
-class PeerEntries:
-    """One peer's share of the state: three entries through the tunnel, or one route."""
-
-    subnet: IPv4Network
-    route: Route
-    neighbour: Neighbour | None = None
-    fdb: FdbEntry | None = None
-
-
-PeerResult = PeerEntries | SkippedPeer | None
-"""What one lease contributes: entries, a reason to skip it, or None (not vxlan)."""
-
-
 def peer_entries(lease: Lease, own: Lease, links: Links, *, direct_routing: bool) -> PeerResult:
-    """The entries for one peer lease, on its own (MAC clashes are settled by the caller)."""
+    """The entries for one peer lease, on its own (keys two peers claim are settled by
+    the :class:`~pyflannel.core.peerbook.PeerBook`)."""
     if lease.attrs.backend_type != BACKEND_TYPE:
         return None
     subnet = lease.subnet
+    gateway = str(subnet.network_address)
+    dst = f"{gateway}/{subnet.prefixlen}"
     public_ip = lease.attrs.public_ip
     if direct_routing and public_ip != own.attrs.public_ip and _on_link(public_ip, links):
-        route = Route(str(subnet), str(public_ip), links.uplink_index, proto=RTPROT_PYFLANNEL)
-        return PeerEntries(subnet, route)
+        route = Route(dst, str(public_ip), links.uplink_index, proto=RTPROT_PYFLANNEL)
+        return Wanted((route,))
     try:
         mac = peer_vtep_mac(lease)
     except PeerDataError as exc:
-        return SkippedPeer(subnet, str(exc))
-    gateway = str(subnet.network_address)
-    return PeerEntries(
-        subnet,
-        Route(str(subnet), gateway, links.vxlan_index, onlink=True),
-        Neighbour(links.vxlan_index, gateway, mac),
-        FdbEntry(links.vxlan_index, mac, str(public_ip)),
+        return Unusable(str(exc))
+    if mac == links.vxlan_mac:
+        return Unusable(f"VtepMAC {mac} is the MAC of this host's own VXLAN device")
+    index = links.vxlan_index
+    return Wanted(
+        (
+            Neighbour(index, gateway, mac),
+            FdbEntry(index, mac, str(public_ip)),
+            Route(dst, gateway, index, onlink=True),
+        )
     )
+
+
+def peer_book(own: Lease, links: Links, *, direct_routing: bool) -> PeerBook:
+    """An empty book that makes each peer's entries with :func:`peer_entries`."""
+    book = PeerBook(own.subnet)
+    configure(book, own, links, direct_routing=direct_routing)
+    return book
+
+
+def configure(book: PeerBook, own: Lease, links: Links, *, direct_routing: bool) -> None:
+    """Point ``book`` at (possibly new) devices: every peer's entries are made again
+    when they changed, and only then."""
+    entries_of = partial(peer_entries, own=own, links=links, direct_routing=direct_routing)
+    book.configure(entries_of, (own, links, direct_routing))
 
 
 def desired_state(
-    own: Lease,
-    peers: Iterable[Lease],
-    links: Links,
-    *,
-    direct_routing: bool,
-    entries_of: Callable[[Lease], PeerResult] | None = None,
+    own: Lease, peers: Iterable[Lease], links: Links, *, direct_routing: bool
 ) -> Desired:
     """Every route, neighbour and FDB entry the peers need (see the module docstring).
 
-    ``entries_of`` computes one peer's entries; by default :func:`peer_entries`. The
-    shell passes a memoised version, so a pass costs little for peers that did not
-    change; any function equal to ``peer_entries`` gives the same result.
+    The whole state at once, for a one-off check; the backend keeps a
+    :class:`~pyflannel.core.peerbook.PeerBook` up to date instead, which gives the same.
     """
-    entries_of = entries_of or partial(
-        peer_entries, own=own, links=links, direct_routing=direct_routing
-    )
-    own_dst = str(own.subnet)
-    chosen: dict[str, PeerEntries] = {}  # by route destination: one route per subnet
-    by_mac: dict[str, PeerEntries] = {}
-    skipped: list[SkippedPeer] = []
-    foreign: list[IPv4Network] = []
-    for lease in peers:
-        result = entries_of(lease)
-        if isinstance(result, PeerEntries):
-            if result.route.dst == own_dst:
-                continue
-            if result.fdb is None:
-                chosen[result.route.dst] = result
-            elif (loser := _claim(result, result.fdb.mac, by_mac, links.vxlan_mac)) is not None:
-                skipped.append(loser)
-        elif result is None:
-            if lease.subnet != own.subnet:
-                foreign.append(lease.subnet)
-        elif result.subnet != own.subnet:
-            skipped.append(result)
-    chosen.update((entries.route.dst, entries) for entries in by_mac.values())
-    return Desired(_state(chosen.values()), tuple(sorted(skipped)), tuple(sorted(foreign)))
-
-
-def _claim(
-    entries: PeerEntries, mac: str, by_mac: dict[str, PeerEntries], own_mac: str
-) -> SkippedPeer | None:
-    """Give ``mac`` to the lower subnet; return the peer that loses it, if any."""
-    if mac == own_mac:
-        reason = f"VtepMAC {mac} is the MAC of this host's own VXLAN device"
-        return SkippedPeer(entries.subnet, reason)
-    holder = by_mac.setdefault(mac, entries)
-    if holder is entries:
-        return None
-    winner, loser = (holder, entries) if holder.subnet < entries.subnet else (entries, holder)
-    by_mac[mac] = winner
-    return SkippedPeer(
-        loser.subnet, f"VtepMAC {mac} is already used by the lease for {winner.subnet}"
-    )
-
-
-def _state(peers: Collection[PeerEntries]) -> KernelState:
-    tunnelled = [entries for entries in peers if entries.fdb is not None]
-    return KernelState(
-        frozenset(entries.route for entries in peers),
-        frozenset(entries.neighbour for entries in tunnelled if entries.neighbour is not None),
-        frozenset(entries.fdb for entries in tunnelled if entries.fdb is not None),
-    )
+    book = peer_book(own, links, direct_routing=direct_routing)
+    book.update(LeaseEvent(EventKind.ADDED, peer) for peer in peers)
+    return book.desired()
 
 
 def _on_link(addr: IPv4Address, links: Links) -> bool:

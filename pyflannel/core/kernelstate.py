@@ -25,9 +25,11 @@ Rules of this file: pure code, no I/O.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from pyflannel.core.reconcile import Plan, diff
 
@@ -41,6 +43,12 @@ lets the daemon find and clean exactly its routes there and nothing else. iprout
 reserves no name for 160; add ``160 pyflannel`` to /etc/iproute2/rt_protos to see one."""
 
 
+# Identities as C-level getters (the fields named in each ``key`` method): a pass over
+# thousands of entries sorts and matches them by key.
+_ROUTE_KEY: Callable[[Any], tuple[str, int]] = itemgetter(0, 5)
+_DEVICE_KEY: Callable[[Any], tuple[int, str]] = itemgetter(0, 1)
+
+
 class Route(NamedTuple):
     """An IPv4 unicast route in the main table."""
 
@@ -52,7 +60,7 @@ class Route(NamedTuple):
     metric: int = 0
 
     def key(self) -> tuple[str, int]:
-        return (self.dst, self.metric)
+        return _ROUTE_KEY(self)  # (dst, metric)
 
 
 class Neighbour(NamedTuple):
@@ -64,7 +72,7 @@ class Neighbour(NamedTuple):
     permanent: bool = True
 
     def key(self) -> tuple[int, str]:
-        return (self.ifindex, self.ip)
+        return _DEVICE_KEY(self)  # (ifindex, ip)
 
 
 class FdbEntry(NamedTuple):
@@ -76,7 +84,7 @@ class FdbEntry(NamedTuple):
     permanent: bool = True
 
     def key(self) -> tuple[int, str]:
-        return (self.ifindex, self.mac)
+        return _DEVICE_KEY(self)  # (ifindex, mac)
 
 
 Entry = Route | Neighbour | FdbEntry
@@ -92,6 +100,21 @@ class KernelState:
 
     def __len__(self) -> int:
         return len(self.routes) + len(self.neighbours) + len(self.fdb)
+
+
+def state_of(entries: Iterable[Entry]) -> KernelState:
+    """The entries, whatever their kinds, as a :class:`KernelState`."""
+    routes: list[Route] = []
+    neighbours: list[Neighbour] = []
+    fdb: list[FdbEntry] = []
+    for entry in entries:
+        if isinstance(entry, Route):
+            routes.append(entry)
+        elif isinstance(entry, Neighbour):
+            neighbours.append(entry)
+        else:
+            fdb.append(entry)
+    return KernelState(frozenset(routes), frozenset(neighbours), frozenset(fdb))
 
 
 def _own_everything(route: Route) -> bool:
@@ -140,44 +163,38 @@ def plan_changes(desired: KernelState, actual: KernelState) -> tuple[Change, ...
     Non-permanent neighbours and FDB entries that are not desired are left alone:
     the kernel made them (ARP, learning) and expires them itself.
     """
-    routes = diff(desired.routes, actual.routes, key=Route.key)
-    neighbours = diff(desired.neighbours, actual.neighbours, key=Neighbour.key)
-    fdb = diff(desired.fdb, actual.fdb, key=FdbEntry.key)
+    routes = diff(desired.routes, actual.routes, key=_ROUTE_KEY)
+    neighbours = diff(desired.neighbours, actual.neighbours, key=_DEVICE_KEY)
+    fdb = diff(desired.fdb, actual.fdb, key=_DEVICE_KEY)
     return (
-        *_deletes(routes.remove),
-        *_deletes(fdb.remove, only_permanent=True),
-        *_deletes(neighbours.remove, only_permanent=True),
-        *_sets(neighbours),
-        *_sets(fdb),
-        *_sets(routes),
+        *_deletes(routes.remove, _ROUTE_KEY),
+        *_deletes(fdb.remove, _DEVICE_KEY, only_permanent=True),
+        *_deletes(neighbours.remove, _DEVICE_KEY, only_permanent=True),
+        *_sets(neighbours, _DEVICE_KEY),
+        *_sets(fdb, _DEVICE_KEY),
+        *_sets(routes, _ROUTE_KEY),
     )
 
 
 def _deletes(
-    entries: Iterable[Route | Neighbour | FdbEntry], only_permanent: bool = False
+    entries: Iterable[Entry], key: Callable[[Any], tuple[Any, ...]], only_permanent: bool = False
 ) -> list[Change]:
+    # Sorted by key: comparable within one kind, unlike whole entries (gateway None).
     return [
         Change(Op.DELETE, e)
-        for e in sorted(entries, key=_by_key)
+        for e in sorted(entries, key=key)
         if not only_permanent or getattr(e, "permanent", True)
     ]
 
 
-def _sets(plan: Plan[Route] | Plan[Neighbour] | Plan[FdbEntry]) -> list[Change]:
-    return [Change(Op.SET, e) for e in sorted((*plan.add, *plan.replace), key=_by_key)]
-
-
-def _by_key(entry: Entry) -> tuple[object, ...]:
-    # Keys are comparable within one kind; whole entries may not be (gateway None).
-    return entry.key()
+def _sets(plan: Plan[Any], key: Callable[[Any], tuple[Any, ...]]) -> list[Change]:
+    return [Change(Op.SET, e) for e in sorted((*plan.add, *plan.replace), key=key)]
 
 
 def summarize(changes: Iterable[Change]) -> str:
-    """``+3 -1 routes, +3 neighbours, ...`` for a log line."""
-    counts: dict[str, list[int]] = {}
-    for change in changes:
-        kind = type(change.entry).__name__
-        slot = counts.setdefault(kind, [0, 0])
-        slot[0 if change.op is Op.SET else 1] += 1
-    names = {"Route": "routes", "Neighbour": "neighbours", "FdbEntry": "FDB entries"}
+    """``+3 -1 routes, +3 neighbours, ...`` for a log line (kinds in order of appearance)."""
+    counts: dict[type, list[int]] = {}
+    for (kind, op), count in Counter((type(c.entry), c.op) for c in changes).items():
+        counts.setdefault(kind, [0, 0])[0 if op is Op.SET else 1] += count
+    names = {Route: "routes", Neighbour: "neighbours", FdbEntry: "FDB entries"}
     return ", ".join(f"+{s} -{d} {names[k]}" for k, (s, d) in counts.items()) or "no changes"

@@ -5,6 +5,9 @@ changed while events were being missed is re-emitted as ADDED (flanneld only com
 subnets, so a host that changed its VTEP MAC during a watch outage stayed stale).
 
 Our own lease is never passed to the backend; the lease manager handles it.
+
+The work per event is a dictionary update: a burst of thousands of lease writes must
+not cost a sort or a copy of the whole table per batch.
 """
 
 from __future__ import annotations
@@ -21,43 +24,54 @@ class LeaseTable:
     def __init__(self, own: SubnetKey | None = None) -> None:
         self._own = own
         self._known: dict[SubnetKey, Lease] = {}
+        self._view: tuple[Lease, ...] | None = ()
 
     @property
     def leases(self) -> tuple[Lease, ...]:
-        """Every known peer lease, ordered by subnet."""
-        return tuple(self._known[k] for k in sorted(self._known))
+        """Every known peer lease, in the order they were first seen (kept until the
+        next change, so asking again after a quiet period costs nothing)."""
+        if self._view is None:
+            self._view = tuple(self._known.values())
+        return self._view
 
     def set_own(self, own: SubnetKey) -> None:
         """Exclude ``own`` from now on (and forget it if it was known)."""
         self._own = own
-        self._known.pop(own, None)
+        if self._known.pop(own, None) is not None:
+            self._view = None
 
     def apply(self, batch: WatchBatch) -> list[LeaseEvent]:
         """Fold a batch into the table and return the events for the backend."""
         if batch.snapshot is not None:
             return self._resync(batch.snapshot)
-        return [out for ev in batch.events for out in self._apply_event(ev)]
-
-    def _apply_event(self, event: LeaseEvent) -> Iterable[LeaseEvent]:
-        key = event.lease.key
-        if key == self._own:
-            return ()
-        if event.kind is EventKind.ADDED:
-            self._known[key] = event.lease
-            return (event,)
-        stored = self._known.pop(key, None)
-        return (LeaseEvent(EventKind.REMOVED, stored or event.lease),)
+        own = self._own
+        known = self._known
+        out: list[LeaseEvent] = []
+        for event in batch.events:
+            key = event.lease.key
+            if key == own:
+                continue
+            if event.kind is EventKind.ADDED:
+                known[key] = event.lease
+                out.append(event)
+            else:
+                stored = known.pop(key, None)
+                out.append(event if stored is None else LeaseEvent(EventKind.REMOVED, stored))
+        if out:
+            self._view = None
+        return out
 
     def _resync(self, snapshot: Iterable[Lease]) -> list[LeaseEvent]:
         fresh = {lease.key: lease for lease in snapshot if lease.key != self._own}
         events = [
             LeaseEvent(EventKind.REMOVED, lease)
-            for key, lease in sorted(self._known.items())
+            for key, lease in self._known.items()
             if key not in fresh
         ]
-        for key in sorted(fresh):
+        for key, lease in fresh.items():
             old = self._known.get(key)
-            if old is None or old.attrs != fresh[key].attrs:
-                events.append(LeaseEvent(EventKind.ADDED, fresh[key]))
+            if old is None or old.attrs != lease.attrs:
+                events.append(LeaseEvent(EventKind.ADDED, lease))
         self._known = fresh
+        self._view = None
         return events

@@ -58,8 +58,12 @@ def diff(desired: Iterable[T], actual: Iterable[T], key: Callable[[T], Hashable]
     have = actual if isinstance(actual, set | frozenset) else dict.fromkeys(actual)
     missing = [entry for entry in want if entry not in have]
     extra = [entry for entry in have if entry not in want]
-    if not missing and not extra:
-        return Plan()
+    if not extra:  # only additions (a burst of new peers): no pairs to look for
+        if len(set(map(key, missing))) < len(missing):
+            _match(missing, [], key)  # raises, naming the key
+        return Plan(add=tuple(missing)) if missing else Plan()
+    if not missing:  # only removals
+        return Plan(remove=tuple(extra))
     return _match(missing, extra, key)
 
 

@@ -3,13 +3,16 @@
 :class:`Reconciler` reads the actual routes, neighbours and FDB entries inside a
 :class:`~pyflannel.core.kernelstate.Scope` (never anything else), asks
 :func:`~pyflannel.core.kernelstate.plan_changes` for the ordered changes and sends
-them in batches. Applying twice changes nothing the second time.
+them in batches. Applying twice changes nothing the second time. Between such full
+passes it applies only what a backend's peer book says changed, which is the same
+as a full pass would do as long as the kernel holds what the last pass left.
 
 :class:`ReconcileLoop` decides *when*: whenever it is poked (a lease update, a
 netlink notice that something of ours was deleted) and at least every ``period``
-seconds (the safety net for anything the notices missed). Pokes that arrive while
-a pass runs are coalesced into one more pass, so a burst costs one or two passes,
-never one per event; between passes the loop sleeps on a timer, with no polling.
+seconds (the safety net for anything the notices missed). A pass starts as soon as
+the first poke comes; pokes that arrive while it runs are coalesced into one more
+pass, so a burst costs a pass per group of arrivals, never one per event, and each
+pass costs what arrived; between passes the loop sleeps on a timer, with no polling.
 
 Both are generic: vxlan gives routes, neighbours and FDB entries; a route-only
 backend such as host-gw gives routes and a scope without devices.
@@ -21,8 +24,9 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyflannel.core.kernelstate import (
     Change,
@@ -35,13 +39,16 @@ from pyflannel.core.kernelstate import (
     plan_changes,
     summarize,
 )
+from pyflannel.core.peerbook import PeerBook, PeerNote
 from pyflannel.core.renewal import Backoff
-from pyflannel.netlink.ops import Failure, NetlinkOps
+from pyflannel.netlink.ops import Failure
 
 logger = logging.getLogger(__name__)
 
 HARMLESS_ON_DELETE = frozenset({errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
 RETRY_BACKOFF = Backoff(initial=0.5, cap=10.0)
+SLICE = 256
+"""Changes encoded and sent per turn of the event loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +58,7 @@ class Outcome:
     changes: tuple[Change, ...]
     failures: tuple[Failure, ...]
     seconds: float
-    read: bool  # whether the kernel was read (else the previous pass's result was used)
+    read: bool  # whether the kernel was read (else the book's delta was applied)
 
     @property
     def device_gone(self) -> bool:
@@ -59,23 +66,40 @@ class Outcome:
         return any(f.code == errno.ENODEV for f in self.failures)
 
 
-class Reconciler:
-    """Diff-and-apply over a :class:`NetlinkOps`, remembering what the kernel holds.
+class EntryOps(Protocol):
+    """The kernel calls a :class:`Reconciler` makes (met by
+    :class:`~pyflannel.netlink.ops.NetlinkOps`)."""
 
-    After a pass without failures the kernel holds the desired state, so the next
-    pass may diff against that instead of dumping everything again: a burst of
-    lease updates then costs one diff and one batch each. A pass with ``refresh``
-    (the periodic resync, a netlink notice, the first pass) reads the kernel; so
-    does any pass after a failure or with another scope.
+    async def routes(self, *, oif: int | None = None, proto: int = 0) -> list[Route]: ...
+
+    async def neighbours(self, ifindex: int) -> list[Neighbour]: ...
+
+    async def fdb(self, ifindex: int) -> list[FdbEntry]: ...
+
+    async def execute(self, changes: Sequence[Change]) -> list[Failure]: ...
+
+
+class Reconciler:
+    """Diff-and-apply over :class:`EntryOps`, knowing when the kernel holds what we left.
+
+    A *full* pass reads the entries inside the scope and diffs them with the whole
+    desired state. After a pass without failures the kernel holds that state, so the
+    next pass may apply just what changed since (a :class:`~pyflannel.core.peerbook.Delta`
+    of the peer book): a burst of lease updates then costs work in proportion to the
+    updates, not to the number of peers. A failure, another scope or :meth:`forget`
+    makes the next pass a full one.
     """
 
-    def __init__(self, ops: NetlinkOps) -> None:
+    def __init__(
+        self, ops: EntryOps, *, on_send: Callable[[Sequence[Change]], None] | None = None
+    ) -> None:
         self._ops = ops
-        self._known: tuple[Scope, KernelState] | None = None
+        self._on_send = on_send  # told of every batch just before it is sent
+        self._synced: Scope | None = None  # the scope the kernel holds our last state in
 
     def forget(self) -> None:
         """Read the kernel on the next pass (something may have changed behind us)."""
-        self._known = None
+        self._synced = None
 
     async def read(self, scope: Scope) -> KernelState:
         """The entries the kernel holds inside ``scope``."""
@@ -93,20 +117,48 @@ class Reconciler:
         owned = frozenset(r for r in routes if scope.owns_route(r))
         return KernelState(owned, frozenset(neighbours), frozenset(fdb))
 
-    async def reconcile(
-        self, desired: KernelState, scope: Scope, *, refresh: bool = True
+    async def program(
+        self,
+        book: PeerBook,
+        scope: Scope,
+        *,
+        full: bool = False,
+        report: Callable[[tuple[PeerNote, ...]], None] | None = None,
     ) -> Outcome:
-        """Make the kernel's entries inside ``scope`` equal ``desired``."""
+        """Make the kernel's entries inside ``scope`` hold the book's state.
+
+        Applies the book's delta when the kernel is known to hold its previous state;
+        reads the kernel and compares it with the whole state when ``full`` or when it
+        is not. ``report`` gets the book's notes about skipped and foreign peers.
+        """
+        delta = book.take()  # take, then state: both describe this moment
+        if report is not None and delta.notes:
+            report(delta.notes)
         started = time.monotonic()
-        known, self._known = self._known, None  # until this pass has succeeded
-        read = refresh or known is None or known[0] != scope
-        actual = await self.read(scope) if read or known is None else known[1]
-        changes = plan_changes(desired, actual)
-        failures = _real(await self._ops.execute(changes)) if changes else []
+        read = full or self._synced != scope
+        self._synced = None  # until this pass has succeeded
+        if read:
+            desired = book.state()  # before the first await: the moment of the take
+            changes = plan_changes(desired, await self.read(scope))
+        else:
+            changes = plan_changes(delta.after, delta.before)
+        return await self._apply(changes, scope, started, read=read, wanted=book.size)
+
+    async def _apply(
+        self, changes: tuple[Change, ...], scope: Scope, started: float, *, read: bool, wanted: int
+    ) -> Outcome:
+        failures: list[Failure] = []
+        # Slices, so that encoding thousands of requests never holds the event loop for
+        # long: the loop runs the lease watch between them.
+        for start in range(0, len(changes), SLICE):
+            batch = changes[start : start + SLICE]
+            if self._on_send is not None:
+                self._on_send(batch)
+            failures += _real(await self._ops.execute(batch))
         if not failures:
-            self._known = (scope, desired)
+            self._synced = scope
         outcome = Outcome(changes, tuple(failures), time.monotonic() - started, read)
-        _log(outcome, len(desired))
+        _log(outcome, wanted)
         return outcome
 
 
@@ -115,22 +167,23 @@ def _real(failures: list[Failure]) -> list[Failure]:
     return [f for f in failures if not (f.change.op is Op.DELETE and f.code in HARMLESS_ON_DELETE)]
 
 
-def _log(outcome: Outcome, desired: int) -> None:
+def _log(outcome: Outcome, wanted: int) -> None:
     logger.debug(
-        "reconciled %d wanted entries in %.3f s (kernel %s)",
-        desired,
+        "reconciled %d wanted entries in %.3f s (%s)",
+        wanted,
         outcome.seconds,
-        "read" if outcome.read else "as last left",
+        "kernel read" if outcome.read else "changes since the last pass",
     )
     if outcome.changes:
         logger.info(
             "kernel programmed in %.3f s: %s (%d entries wanted)",
             outcome.seconds,
             summarize(outcome.changes),
-            desired,
+            wanted,
         )
-        for change in outcome.changes:
-            logger.debug("%s %s", change.op.value, change.entry)
+        if logger.isEnabledFor(logging.DEBUG):
+            for change in outcome.changes:
+                logger.debug("%s %s", change.op.value, change.entry)
     for failure in outcome.failures:
         logger.warning("kernel refused: %s", failure)
 

@@ -65,4 +65,16 @@ def test_set_own_later_forgets_it() -> None:
     table = LeaseTable()
     table.apply(WatchBatch(1, snapshot=(OWN, A)))
     table.set_own(OWN.key)
-    assert table.leases == (A,)
+    assert list(table.leases) == [A]
+
+
+def test_leases_keep_arrival_order_and_are_built_once_per_change() -> None:
+    table = LeaseTable(OWN.key)
+    table.apply(WatchBatch(1, snapshot=(B, A)))
+    view = table.leases
+    assert view == (B, A)
+    assert table.leases is view  # nothing changed: no copy
+    table.apply(WatchBatch(2, events=(added(OWN),)))
+    assert table.leases is view  # our own lease is not a peer
+    table.apply(WatchBatch(3, events=(LeaseEvent(EventKind.REMOVED, B),)))
+    assert list(table.leases) == [A]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyflannel.core.kernelstate import (
     RTPROT_PYFLANNEL,
@@ -60,6 +62,35 @@ def test_conflicting_desired_entries_are_a_caller_error() -> None:
 
 def test_equal_desired_repeats_are_accepted() -> None:
     assert diff([("a", 1), ("a", 1)], [], key=first).add == (("a", 1),)
+
+
+def reference(desired: list[tuple[str, int]], actual: list[tuple[str, int]]) -> Plan[object]:
+    """The diff's rules, key by key, without any shortcut."""
+    add, remove, replace = set(), set(), set()
+    for k in {first(e) for e in desired + actual}:
+        wanted = {e for e in desired if first(e) == k}
+        present = {e for e in actual if first(e) == k}
+        if wanted <= present:
+            remove |= present - wanted
+        elif len(present) == 1:
+            replace |= wanted
+        else:
+            add |= wanted
+            remove |= present
+    return Plan(tuple(sorted(add)), tuple(sorted(remove)), tuple(sorted(replace)))
+
+
+entries = st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 2)), max_size=8)
+
+
+@given(entries, entries)
+def test_diff_follows_its_rules_whatever_changed(desired: list[tuple[str, int]],
+                                                actual: list[tuple[str, int]]) -> None:  # fmt: skip
+    unique = list({first(e): e for e in desired}.values())  # one desired entry per key
+    plan = diff(unique, actual, key=first)
+    assert Plan(*(tuple(sorted(p)) for p in (plan.add, plan.remove, plan.replace))) == reference(
+        unique, actual
+    )
 
 
 VX = 5

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support.factories import config, lease
 
 from pyflannel.backend import ExternalInterface
@@ -13,6 +16,7 @@ from pyflannel.backends.vxlan.desired import (
     backend_data,
     desired_state,
     parse_mac,
+    peer_vtep_mac,
 )
 from pyflannel.backends.vxlan.device import device_spec, incompatibility, random_mac
 from pyflannel.backends.vxlan.options import VxlanSettings, parse_settings
@@ -170,6 +174,28 @@ def test_vtep_mac_key_is_case_insensitive_and_go_forms_are_accepted() -> None:
     assert parse_mac("02-00-00-00-00-AB") == "02:00:00:00:00:ab"
     with pytest.raises(PeerDataError):
         parse_mac("02:00:00:00:00:ab:cd")
+
+
+@given(
+    st.sampled_from(['{"VNI":1,"VtepMAC":"%s"}', '{"VtepMAC":"%s"}', '{"VNI":01,"VtepMAC":"%s"}',
+                     '{"VNI":-7,"VtepMAC":"%s"}', '{"vtepmac":"%s"}', '{"VtepMAC":"%s","VNI":1}']),
+    st.one_of(st.from_regex(r"[0-9a-fA-F:.-]{0,20}", fullmatch=True),
+              st.sampled_from(["02:00:00:00:00:AB", "0200.0000.00ab", "01:00:5e:00:00:01"])),
+)  # fmt: skip
+def test_backend_data_as_flanneld_writes_it_reads_as_the_json_decoder_does(
+    form: str, mac: str
+) -> None:
+    fast = lease("10.5.2.0/24", "203.0.113.12", backend_type="vxlan", backend_data=form % mac)
+    slow = lease("10.5.2.0/24", "203.0.113.12", backend_type="vxlan",
+                 backend_data=form % mac + " ")  # fmt: skip
+    assert outcome(peer_vtep_mac, fast) == outcome(peer_vtep_mac, slow)
+
+
+def outcome(function: Callable[[Lease], str], arg: Lease) -> str:
+    try:
+        return function(arg)
+    except PeerDataError as exc:
+        return f"error: {exc}"
 
 
 def test_backend_data_per_lease_format() -> None:
