@@ -22,7 +22,7 @@ from typing import Any
 
 from pyflannel.errors import PeerDataError
 from pyflannel.model import gojson
-from pyflannel.model.net import SubnetKey
+from pyflannel.model.net import SubnetKey, parse_ipv4
 
 _FIELDS = ("PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data")
 
@@ -131,7 +131,7 @@ def _public_ip(value: object) -> IPv4Address:
     if not isinstance(value, str):
         raise PeerDataError(f"lease PublicIP {value!r} is not a string")
     try:
-        return IPv4Address(value)
+        return parse_ipv4(value)
     except ValueError as exc:
         raise PeerDataError(f"lease PublicIP {value!r} is not an IPv4 address") from exc
 
