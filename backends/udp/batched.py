@@ -26,7 +26,6 @@ import logging
 import os
 import socket
 import sys
-from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.backends.udp.offload import (
     F_NEEDS_CSUM,
@@ -46,9 +45,7 @@ from pyflannel.backends.udp.packet import (
     destination,
 )
 from pyflannel.backends.udp.proxy import BUDGET, BUFFER_SIZE, DataPath
-from pyflannel.backends.udp.routes import RouteTable
 from pyflannel.backends.udp.rxmerge import RunMerger
-from pyflannel.backends.udp.tun import Tun
 from pyflannel.backends.udp.vector import run_lengths, segment_tcp4_vec
 
 logger = logging.getLogger(__name__)
@@ -88,31 +85,16 @@ class BatchedPath(DataPath):
     """Many packets per system call, one inner packet per datagram on the wire.
 
     TUN → UDP: frames carry a virtio-net header; a TCP super-packet is cut into segments
-    (:func:`~pyflannel.backends.udp.offload.segment_tcp4`) and other packets for the same
+    (:func:`~pyflannel.backends.udp.vector.segment_tcp4_vec`) and other packets for the same
     peer and of the same size are gathered; each group leaves with one ``UDP_SEGMENT``
     send. UDP → TUN: one ``UDP_GRO`` receive returns many datagrams of one sender, which
     are cut into runs of one TCP flow; the head of each run is checked like a packet on
-    the plain path, and the run is merged back into a super-packet for one TUN write.
+    the plain path, and runs are merged back into super-packets (:mod:`.rxmerge`), across
+    receives, for one TUN write each.
     """
 
-    def __init__(
-        self,
-        tun: Tun,
-        sock: socket.socket,
-        *,
-        subnet: IPv4Network,
-        routes: RouteTable,
-        accept_unknown: bool = False,
-        icmp_source: IPv4Address | None = None,
-    ) -> None:
-        super().__init__(
-            tun,
-            sock,
-            subnet=subnet,
-            routes=routes,
-            accept_unknown=accept_unknown,
-            icmp_source=icmp_source,
-        )
+    def _allocate(self) -> None:
+        """Room for a gathered batch, a cut super-packet and a ring of GRO receives."""
         self._vnet = bytearray(VNET_HDR_LEN)
         self._batch_view = memoryview(bytearray(GSO_MAX_BYTES + BUFFER_SIZE))
         self._segments = memoryview(bytearray(BUFFER_SIZE * 2))

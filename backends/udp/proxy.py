@@ -131,11 +131,15 @@ class DataPath:
         self._network = int(subnet.network_address)
         self._netmask = int(subnet.netmask)
         self._accept_unknown = accept_unknown
-        self._out = bytearray(BUFFER_SIZE)
-        self._in = bytearray(BUFFER_SIZE)
+        self._allocate()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._report: asyncio.TimerHandle | None = None
         self._reported = ""
+
+    def _allocate(self) -> None:
+        """The preallocated buffers the readers fill: one packet each way."""
+        self._out = bytearray(BUFFER_SIZE)
+        self._in = bytearray(BUFFER_SIZE)
 
     def start(self) -> None:
         """Start forwarding (register both readers with the running loop)."""

@@ -37,15 +37,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyflannel.errors import (
-    ConfigError,
     RegistryError,
     RegistryPermissionError,
     RegistryUnavailable,
 )
 from pyflannel.httpc.longpoll import PollingOrigin
 from pyflannel.httpc.urls import basic_auth, form_body, request_target
-from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint
-from pyflannel.registry.etcdtls import client_context, verify_hint
+from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings
+from pyflannel.registry.etcdtls import targets
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +88,10 @@ class Etcd2Connection:
     """HTTP calls to the v2 API of one cluster, with failover between its endpoints."""
 
     def __init__(self, settings: EtcdSettings) -> None:
-        if not settings.endpoints:
-            raise ConfigError("--etcd-endpoints is empty")
-        endpoints = [parse_endpoint(text) for text in settings.endpoints]
-        context = client_context(settings, endpoints)
-        self.tls = context is not None
+        found = targets(settings)
+        self.tls = found.tls
         self.endpoints = settings.endpoints_text()
-        hint = verify_hint(settings)
-        self._origins = [_origin(e, context, hint) for e in endpoints]
+        self._origins = [_origin(e, found.context, found.hint) for e in found.endpoints]
         self._index = 0
         self._settings = settings
         self._auth = [basic_auth(settings.username, settings.password)] if settings.username else []

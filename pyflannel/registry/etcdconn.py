@@ -32,14 +32,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pyflannel.errors import (
-    ConfigError,
     RegistryError,
     RegistryPermissionError,
     RegistryUnavailable,
 )
 from pyflannel.httpc.client import Origin, Response
 from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint
-from pyflannel.registry.etcdtls import client_context, verify_hint
+from pyflannel.registry.etcdtls import targets
 from pyflannel.registry.etcdwatch import WatchStream
 from pyflannel.registry.etcdwire import (
     FAILED_PRECONDITION,
@@ -92,13 +91,11 @@ class EtcdConnection:
     """Calls to the v3 API of one cluster: deadlines, failover, re-authentication."""
 
     def __init__(self, settings: EtcdSettings) -> None:
-        if not settings.endpoints:
-            raise ConfigError("--etcd-endpoints is empty")
-        endpoints = [parse_endpoint(text) for text in settings.endpoints]
-        context = client_context(settings, endpoints)
-        self.tls = context is not None
-        hint = verify_hint(settings)
-        self._members = [_member(e.url(self.tls), e, context, hint) for e in endpoints]
+        found = targets(settings)
+        self.tls = found.tls
+        self._members = [
+            _member(e.url(self.tls), e, found.context, found.hint) for e in found.endpoints
+        ]
         self._settings = settings
         self._index = 0
         self._warned_auth_disabled = False

@@ -13,11 +13,34 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pyflannel.errors import ConfigError
-from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, use_tls
+from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint, use_tls
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """The parsed endpoints of a cluster, the TLS context for all of them (None: plain
+    HTTP) and the hint for a rejected server certificate: what a connection needs."""
+
+    endpoints: list[Endpoint]
+    context: ssl.SSLContext | None
+    hint: str
+
+    @property
+    def tls(self) -> bool:
+        return self.context is not None
+
+
+def targets(settings: EtcdSettings) -> Targets:
+    """Parse ``--etcd-endpoints`` and build the TLS context, for either API."""
+    if not settings.endpoints:
+        raise ConfigError("--etcd-endpoints is empty")
+    endpoints = [parse_endpoint(text) for text in settings.endpoints]
+    return Targets(endpoints, client_context(settings, endpoints), verify_hint(settings))
 
 
 def client_context(settings: EtcdSettings, endpoints: Sequence[Endpoint]) -> ssl.SSLContext | None:

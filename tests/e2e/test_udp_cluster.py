@@ -17,23 +17,13 @@ import pytest
 from support.daemon import Daemon, start_daemon
 from support.etcd import EtcdServer
 from support.netns import Topology, TopologyFactory
+from support.ruleprobe import CONNECT
 
 pytestmark = pytest.mark.e2e
 
 PREFIX = "/coreos.com/network"
 NETWORK = "10.4.0.0/16"
 MTU = 1500 - 28
-
-CONNECT = """
-import socket, sys, time
-sock = socket.socket()
-sock.settimeout(5)
-start = time.monotonic()
-try:
-    sock.connect((sys.argv[1], 80))
-except OSError as exc:
-    print(exc.errno, round(time.monotonic() - start, 2))
-"""
 
 
 @pytest.fixture

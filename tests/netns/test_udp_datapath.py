@@ -23,6 +23,7 @@ import pytest
 from support import procs
 from support.netns import Container, Host, Namespace, Topology, TopologyFactory, unavailable
 from support.packets import word_checksum
+from support.ruleprobe import CONNECT
 
 pytestmark = pytest.mark.netns
 
@@ -77,17 +78,6 @@ import socket, sys
 sock = socket.create_connection((sys.argv[1], 5000), timeout=20)
 sock.sendall(b"\\x5a" * int(sys.argv[2]))
 sock.close()
-"""
-
-CONNECT = """
-import socket, sys, time
-sock = socket.socket()
-sock.settimeout(5)
-start = time.monotonic()
-try:
-    sock.connect((sys.argv[1], 80))
-except OSError as exc:
-    print(exc.errno, round(time.monotonic() - start, 2))
 """
 
 

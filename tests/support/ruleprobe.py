@@ -14,6 +14,19 @@ MC = '-m comment --comment "flanneld masq"'
 FC = '-m comment --comment "flanneld forward"'
 ECHO_PORT = 9999
 
+# A TCP connect to port 80 of argv[1]; prints the errno and the seconds it took to fail
+# (an ICMP "net unreachable" fails it at once, a silent drop only at the timeout).
+CONNECT = """
+import socket, sys, time
+sock = socket.socket()
+sock.settimeout(5)
+start = time.monotonic()
+try:
+    sock.connect((sys.argv[1], 80))
+except OSError as exc:
+    print(exc.errno, round(time.monotonic() - start, 2))
+"""
+
 
 def masq_lines(net: str, sub: str, random_fully: bool = True) -> list[str]:
     """The masquerade rules (without the chain declaration)."""
