@@ -47,7 +47,10 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser()
         self.received = 0  # bytes, to tell a stale keep-alive connection from a failure
-        self._buffer = bytearray(_READ_SIZE)
+        # A memoryview, not the bytearray itself: asyncio's TLS transport (3.11) fills
+        # the buffer through slices of it, and a bytearray's slice is a copy, so every
+        # TLS record after the first of one read would be lost (zeros in its place).
+        self._buffer = memoryview(bytearray(_READ_SIZE))
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._full = False  # reading paused: too much received and not yet parsed
@@ -58,12 +61,12 @@ class Connection(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def get_buffer(self, sizehint: int) -> bytearray:
+    def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         self.received += nbytes
-        self.parser.feed(memoryview(self._buffer)[:nbytes])
+        self.parser.feed(self._buffer[:nbytes])
         transport = self.transport
         assert transport is not None
         if self.parser.buffered > _HIGH_WATER and not self._full:
