@@ -8,6 +8,7 @@ to case, the last duplicate winning. Both matter for byte-exact interop.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -21,12 +22,19 @@ _GO_ESCAPES = {
 }
 
 
+_ESCAPE_TABLE = str.maketrans(_GO_ESCAPES)
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
     """Serialise ``value`` compactly, escaping exactly as Go's json.Marshal does."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    if any(ch in text for ch in _GO_ESCAPES):
-        text = "".join(_GO_ESCAPES.get(ch, ch) for ch in text)
-    return text
+    return _ENCODE(value).translate(_ESCAPE_TABLE)
+
+
+@functools.lru_cache(maxsize=32)
+def _folds(fields: tuple[str, ...]) -> dict[str, str]:
+    return {f.casefold(): f for f in fields}
 
 
 def fold_keys(obj: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
@@ -35,7 +43,7 @@ def fold_keys(obj: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]
     Keys that match no field are ignored; when several keys fold to the same field the
     last one wins. The result is keyed by the canonical field name.
     """
-    by_fold = {f.casefold(): f for f in fields}
+    by_fold = _folds(fields)
     out: dict[str, Any] = {}
     for key, value in obj.items():
         field = by_fold.get(key.casefold())

@@ -42,6 +42,7 @@ from pyflannel.model.lease import EventKind, Lease, LeaseEvent, LeaseFormat
 BACKEND_TYPE = "vxlan"
 
 # The forms Go's net.ParseMAC accepts for a 6-byte address.
+_HEX = frozenset("0123456789abcdef")
 _MAC_FORMS = (
     re.compile(r"^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]"
                r"([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$"),
@@ -74,16 +75,21 @@ def backend_data(vni: int, mac: str, fmt: LeaseFormat) -> str:
 
 def parse_mac(text: str) -> str:
     """A unicast 6-byte MAC in any form Go's ParseMAC reads, as lower-case colon hex."""
-    for form in _MAC_FORMS:
-        match = form.match(text.lower())
-        if match:
-            mac = ":".join(match.groups())
-            if int(match.group(1), 16) & 1:
-                raise PeerDataError(f"VtepMAC {text!r} is a multicast address")
-            if mac == "00:00:00:00:00:00":
-                raise PeerDataError("VtepMAC is all zeros")
-            return mac
-    raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
+    mac = text.lower()
+    # The form every flanneld writes (and every watch event carries), without a regex.
+    if not (len(mac) == 17 and mac[2::3] == ":::::" and _HEX.issuperset(mac[::3] + mac[1::3])):
+        for form in _MAC_FORMS:
+            match = form.match(mac)
+            if match:
+                mac = ":".join(match.groups())
+                break
+        else:
+            raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
+    if int(mac[:2], 16) & 1:
+        raise PeerDataError(f"VtepMAC {text!r} is a multicast address")
+    if mac == "00:00:00:00:00:00":
+        raise PeerDataError("VtepMAC is all zeros")
+    return mac
 
 
 def peer_vtep_mac(lease: Lease) -> str:
