@@ -11,6 +11,8 @@ Three kinds of exchange:
   (a get) or nothing, and raises :class:`NetlinkRefused` with the kernel's errno.
 - :meth:`RtnlSocket.dump`: a dump, parsed as it arrives; entries whose stable bytes
   are those of the previous run are not parsed again; an interrupted dump is retried.
+  A dump left unfinished (cancelled, or failed while reading) closes the socket, and
+  the next exchange opens a fresh one: the kernel would keep the old dump running.
 - :meth:`RtnlSocket.batch`: thousands of requests in a few writes, only the last of
   each write asking for an acknowledgement (the kernel reports errors anyway).
 
@@ -83,24 +85,13 @@ class RtnlSocket:
         self._seq = 0
         self._buffer = bytearray(DATAGRAM_MAX)
         self._parsed: dict[tuple[bytes, object], dict[bytes, Any]] = {}  # per dump: bytes → entry
+        self._reopen = False  # closed by an abandoned dump: the next exchange opens anew
         self.port_id = 0
 
     def open(self) -> None:
         """Create the socket (idempotent)."""
-        if self._sock is not None:
-            return
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        )  # fmt: skip
-        try:
-            _tune(sock)
-            sock.bind((0, 0))
-        except OSError:
-            sock.close()
-            raise
-        self.port_id = sock.getsockname()[0]
-        self._sock = sock
+        if self._sock is None:
+            self._attach(_new_socket())
 
     def close(self) -> None:
         """Close the socket; kernel state stays as it is."""
@@ -108,6 +99,26 @@ class RtnlSocket:
             self._sock.close()
             self._sock = None
         self._parsed.clear()
+        self._reopen = False
+
+    def _attach(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.port_id = sock.getsockname()[0]
+        self._reopen = False
+
+    def _abandon(self) -> None:
+        """Close the socket of a dump that did not finish; the next exchange opens anew.
+
+        The kernel runs one dump per socket and keeps an unfinished one going: the next
+        dump request would be refused (EBUSY), behind the rest of the old dump. Closing
+        ends it at once, whereas reading the rest could take long or never end (the
+        datagrams may have been lost). The next socket (opened, like the first, in the
+        netns of the calling thread) takes the same port when it is free, so that
+        notices caused by our earlier requests still carry ``port_id``.
+        """
+        if self._sock is not None:  # else closed already, by close() or by a failure
+            self.close()
+            self._reopen = True
 
     async def __aenter__(self) -> RtnlSocket:
         self.open()
@@ -166,6 +177,15 @@ class RtnlSocket:
     ) -> tuple[list[T], dict[bytes, T], bool]:
         seq = self._next_seq(1)
         await self._send(request.frame(seq))
+        try:
+            return await self._read_dump(seq, decode, previous)
+        except BaseException:  # cancelled, lost datagrams, refused, a parser's error
+            self._abandon()
+            raise
+
+    async def _read_dump(
+        self, seq: int, decode: tuple[Parser[T], Fingerprint], previous: dict[bytes, T]
+    ) -> tuple[list[T], dict[bytes, T], bool]:
         found: list[T] = []
         parsed: dict[bytes, T] = {}
         interrupted = finished = False
@@ -234,9 +254,39 @@ class RtnlSocket:
         return memoryview(self._buffer)[:size]
 
     def _socket(self) -> socket.socket:
+        if self._sock is None and self._reopen:
+            try:
+                self._attach(_new_socket(self.port_id))
+            except OSError as exc:
+                raise NetlinkUnavailable(f"netlink socket cannot be reopened: {exc}") from exc
         if self._sock is None:
             raise NetlinkUnavailable("netlink socket is not open")
         return self._sock
+
+
+def _new_socket(port: int = 0) -> socket.socket:
+    """A tuned rtnetlink socket, bound to ``port`` if that is free, else to any port."""
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        socket.NETLINK_ROUTE,
+    )  # fmt: skip
+    try:
+        _tune(sock)
+        _bind(sock, port)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind(sock: socket.socket, port: int) -> None:
+    if port:
+        try:
+            sock.bind((port, 0))
+            return
+        except OSError as exc:  # EADDRINUSE: another socket took it
+            logger.debug("netlink port %d not available: %s", port, exc)
+    sock.bind((0, 0))
 
 
 def _tune(sock: socket.socket) -> None:
