@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyflannel.backends.udp.packet import TCP_PROTO, UDP_PROTO, Packet, ipv4_header_checksum
 
@@ -145,23 +146,48 @@ def segment_tcp4(packet: Packet, mss: int, out: memoryview, at: int = 0) -> tupl
     for index in range(last + 1):
         start = hlen + index * mss
         chunk = mss if index < last else len(packet) - start
-        size = hlen + chunk
-        ident = (ip_id + index) & 0xFFFF
-        number = (seq + start - hlen) & 0xFFFFFFFF
-        bits = flags[0 if index == 0 else 2 if index == last else 1]
-        body = packet[start : start + chunk]
-        out[pos : pos + hlen] = header
-        out[pos + hlen : pos + size] = body
-        ip_sum = (ip_base + size + ident) % 0xFFFF
-        _pack_len_id(out, pos + 2, size, ident)
-        _pack_u16(out, pos + 10, 0xFFFF - ip_sum if ip_sum else 0)
-        tcp_sum = (int.from_bytes(body, "little") % 0xFFFF) << 8
-        tcp_sum = (tcp_sum + tcp_base + (number >> 16) + (number & 0xFFFF) + bits + chunk) % 0xFFFF
-        _pack_u32(out, pos + ihl + 4, number)
-        out[pos + ihl + 13] = bits
-        _pack_u16(out, pos + ihl + 16, 0xFFFF - tcp_sum if tcp_sum else 0)
-        pos += size
+        segment = Segment(
+            packet[start : start + chunk],
+            (ip_id + index) & 0xFFFF,
+            (seq + start - hlen) & 0xFFFFFFFF,
+            flags[0 if index == 0 else 2 if index == last else 1],
+        )
+        pos += write_segment(out, pos, (header, ip_base, tcp_base), segment)
     return hlen + min(mss, payload), pos - at
+
+
+class Segment(NamedTuple):
+    """What sets one segment apart from the others of its super-packet."""
+
+    body: Packet  # its payload
+    ident: int  # IP ID
+    number: int  # TCP sequence number
+    bits: int  # TCP flags
+
+
+def write_segment(
+    out: memoryview, pos: int, template: tuple[bytearray, int, int], segment: Segment
+) -> int:
+    """Write one segment at ``out[pos]``: the :func:`_template` headers with the
+    segment's own fields and both checksums, then its payload. Returns its size."""
+    header, ip_base, tcp_base = template
+    hlen = len(header)
+    ihl = (header[0] & 0x0F) << 2
+    body = segment.body
+    size = hlen + len(body)
+    out[pos : pos + hlen] = header
+    out[pos + hlen : pos + size] = body
+    ip_sum = (ip_base + size + segment.ident) % 0xFFFF
+    _pack_len_id(out, pos + 2, size, segment.ident)
+    _pack_u16(out, pos + 10, 0xFFFF - ip_sum if ip_sum else 0)
+    number = segment.number
+    tcp_sum = (int.from_bytes(body, "little") % 0xFFFF) << 8
+    tcp_sum += tcp_base + (number >> 16) + (number & 0xFFFF) + segment.bits + len(body)
+    tcp_sum %= 0xFFFF
+    _pack_u32(out, pos + ihl + 4, number)
+    out[pos + ihl + 13] = segment.bits
+    _pack_u16(out, pos + ihl + 16, 0xFFFF - tcp_sum if tcp_sum else 0)
+    return size
 
 
 def _template(packet: Packet, ihl: int) -> tuple[bytearray, int, int]:

@@ -23,11 +23,13 @@ import numpy as np
 
 from pyflannel.backends.udp.offload import (
     TCP_PSH,
+    Segment,
     _flag_sequence,
     _template,
     flow_key,
     segment_tcp4,
     segmented_size,
+    write_segment,
 )
 
 if TYPE_CHECKING:
@@ -38,10 +40,15 @@ _BE16 = np.dtype(">u2")
 _BE32 = np.dtype(">u4")
 _NOT_PSH = 0xFF ^ TCP_PSH
 _INDEXES: dict[int, Array] = {}
+_COLUMNS: dict[int, Array] = {}
+_FLAG_WORDS: dict[tuple[int, tuple[int, int, int], bool, int], tuple[Array, Array]] = {}
+_IDS = np.arange(0x10000 + 0x10000, dtype=np.uint64) & 0xFFFF  # any ID, then 64 Ki more
+_U32 = 0xFFFFFFFF
+_OFFSETS: dict[tuple[int, int], Array] = {}
+_CACHED = 256  # entries per cache of shapes; cleared when full
 _COMPARED: dict[int, Array] = {}
 _FOLLOWER_MASKS: dict[int, int] = {}
 _STEPS: dict[tuple[int, int, int], Array] = {}
-_STEPS_KEPT = 256
 _SEQ_WORD = 6  # bytes 24-27 of the headers: the TCP sequence number
 _FLAGS_WORD = 8  # bytes 32-35: data offset, flags, window
 _PSH_BIT = TCP_PSH << 16  # in the flags word, read big-endian
@@ -53,6 +60,12 @@ def segment_tcp4_vec(packet: Packet, mss: int, out: memoryview, at: int = 0) -> 
 
     Same arguments, result and errors. An odd ``mss`` (whose payloads do not split into
     16-bit words) and a packet with a single segment take the scalar path.
+
+    Each NumPy call costs a microsecond or two whatever its size, so the calls are
+    few: the per-segment 16-bit fields are the columns of one array, written with one
+    assignment, and the sequence numbers go in as one column of 32-bit words (for the
+    checksum, a 32-bit word counts as the sum of its halves, 2**16 being 1 modulo
+    0xFFFF).
     """
     ihl = (packet[0] & 0x0F) << 2
     hlen = ihl + ((packet[ihl + 12] >> 4) << 2)
@@ -62,95 +75,105 @@ def segment_tcp4_vec(packet: Packet, mss: int, out: memoryview, at: int = 0) -> 
     full = payload // mss
     if mss & 1 or full < 2:
         return segment_tcp4(packet, mss, out, at)
-    last = (payload - 1) // mss
     header, ip_base, tcp_base = _template(packet, ihl)
-    flags = _flag_sequence(packet[ihl + 13], last)
-    rows = _rows(out, at, full, hlen + mss)
-    source = np.frombuffer(packet, np.uint8)
-    header[2:4] = (hlen + mss).to_bytes(2, "big")  # every full segment's total length
+    size = hlen + mss
+    header[2:4] = size.to_bytes(2, "big")  # every full segment's total length
+    rows = np.frombuffer(out, np.uint8, full * size, at).reshape(full, size)
+    body = np.frombuffer(packet, np.uint8, full * mss, hlen)
     rows[:, :hlen] = np.frombuffer(header, np.uint8)
-    rows[:, hlen:] = source[hlen : hlen + full * mss].reshape(full, mss)
-    sums = _payload_sums(source[hlen : hlen + full * mss], full)
-    fields = _Fields(packet, hlen, mss, flags)
-    _write_fields(rows, fields, ip_base, sums + tcp_base)
-    written = full * (hlen + mss)
-    if full * mss < payload:
-        _, tail = _tail(packet, mss, out, at=at + written, full=full)
-        written += tail
-    return hlen + mss, written
+    rows[:, hlen:] = body.reshape(full, mss)
+    exact = payload == full * mss  # then the last full segment is the last segment
+    flags = _flag_sequence(packet[ihl + 13], (payload - 1) // mss)
+    bits, words = _flag_words(full, flags, exact, packet[ihl + 12])
+    first_id = packet[4] << 8 | packet[5]
+    ident = _IDS[first_id : first_id + full]  # IP IDs, wrapping after 0xFFFF
+    number = (_offsets(full, mss) + int.from_bytes(packet[ihl + 4 : ihl + 8], "big")) & _U32
+    tcp_sum = _payload_sums(body, full) + number + bits  # number ≡ its halves' sum
+    fields = np.empty((full, 4), np.uint64)  # the 16-bit fields of _columns(ihl)
+    fields[:, 0] = ident
+    np.remainder(_BIG - (ip_base + size) - ident, 0xFFFF, out=fields[:, 1])
+    fields[:, 2] = words
+    np.remainder(_BIG - (tcp_base + mss) - tcp_sum, 0xFFFF, out=fields[:, 3])
+    rows.view(_BE16)[:, _columns(ihl)] = fields
+    np.ndarray((full,), _BE32, out, at + ihl + 4, (size,))[:] = number  # sequence numbers
+    written = full * size
+    if not exact:
+        template = (header, ip_base, tcp_base)
+        written += _tail(packet, mss, out[at + written :], template, flags[2])
+    return size, written
 
 
-def _rows(out: memoryview, at: int, count: int, size: int) -> Array:
-    """``count`` rows of ``size`` bytes of ``out`` from ``at``, writable in place."""
-    return np.frombuffer(out, np.uint8, count * size, at).reshape(count, size)
-
-
-def _payload_sums(payload: Array, count: int) -> Array:
+def _payload_sums(body: Array, count: int) -> Array:
     """Each row's payload sum, as big-endian 16-bit words, congruent modulo 0xFFFF (uint64).
 
     Words are summed in native order, 32 bits at a time when the rows allow (2**16 is 1
     modulo 0xFFFF, so a 32-bit word counts as its two halves); multiplying by 256 then
-    swaps the bytes of the ones'-complement sum, which makes it the big-endian one.
+    swaps the bytes of the ones'-complement sum, which makes it the big-endian one. Not
+    reduced: a row of at most 2**14 32-bit words sums below 2**46, so the shifted sum
+    and what is added to it stay below :data:`_BIG` (about 2**56).
     """
-    wide = np.uint32 if payload.size % (4 * count) == 0 else np.uint16
-    words = payload.view(wide).reshape(count, -1)
-    return (words.sum(axis=1, dtype=np.uint64) % 0xFFFF) << 8
+    wide = np.uint32 if body.size % (4 * count) == 0 else np.uint16
+    return body.view(wide).reshape(count, -1).sum(axis=1, dtype=np.uint64) << 8
 
 
-class _Fields:
-    """The per-segment header values of the full segments, as vectors."""
+def _columns(ihl: int) -> Array:
+    """Where the per-segment 16-bit fields go among a segment's 16-bit words: IP ID, IP
+    checksum, TCP data offset and flags, TCP checksum.
 
-    __slots__ = ("bits", "hlen", "ident", "ihl", "mss", "number", "size")
-
-    def __init__(self, packet: Packet, hlen: int, mss: int, flags: tuple[int, int, int]) -> None:
-        ihl = (packet[0] & 0x0F) << 2
-        full = (len(packet) - hlen) // mss
-        index = _index(full)
-        ip_id = packet[4] << 8 | packet[5]
-        seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
-        self.ihl, self.hlen, self.mss, self.size = ihl, hlen, mss, hlen + mss
-        self.ident = (index + ip_id) & 0xFFFF
-        self.number = (index * mss + seq) & 0xFFFFFFFF
-        self.bits = np.full(full, flags[1], dtype=np.uint64)
-        self.bits[0] = flags[0]
-        if len(packet) - hlen == full * mss:  # the last full segment is the last one
-            self.bits[-1] = flags[2]
-
-
-def _write_fields(rows: Array, f: _Fields, ip_base: int, tcp_part: Array) -> None:
-    """Write IDs, sequence numbers, flags and both checksums into every row.
-
-    A checksum field is ``(-sum) mod 0xFFFF``: computed as ``(K - sum) % 0xFFFF`` with
-    ``K`` a multiple of 0xFFFF above any sum here, which also maps a sum of 0xFFFF (or 0)
-    to the field 0, as :func:`.offload.finish` does.
+    A checksum field is ``(-sum) mod 0xFFFF``, computed as ``(K - sum) % 0xFFFF`` with
+    ``K`` (:data:`_BIG`) a multiple of 0xFFFF above any sum here, which also maps a sum
+    of 0xFFFF (or 0) to the field 0, as :func:`.offload.finish` does.
     """
-    tcp = f.ihl >> 1  # the TCP header's first word
-    high, low = f.number >> 16, f.number & 0xFFFF
-    words = rows.view(_BE16)  # rows are of even length: big-endian words, in place
-    words[:, 2] = f.ident
-    words[:, 5] = (_BIG - (f.ident + (ip_base + f.size))) % 0xFFFF
-    words[:, tcp + 2] = high
-    words[:, tcp + 3] = low
-    rows[:, f.ihl + 13] = f.bits
-    words[:, tcp + 8] = (_BIG - (tcp_part + high + low + f.bits + f.mss)) % 0xFFFF
+    found = _COLUMNS.get(ihl)
+    if found is None:
+        tcp = ihl >> 1
+        found = _COLUMNS[ihl] = np.array([2, 5, tcp + 6, tcp + 8])
+    return found
 
 
-def _tail(packet: Packet, mss: int, out: memoryview, *, at: int, full: int) -> tuple[int, int]:
-    """The last, shorter segment, through the scalar path on a rebuilt super-packet.
+def _flag_words(
+    full: int, flags: tuple[int, int, int], exact: bool, offset: int
+) -> tuple[Array, Array]:
+    """The TCP flags of each full segment, alone and as the 16-bit word they share with
+    the data ``offset`` byte (uint64 each), cached: one stream repeats them."""
+    key = (full, flags, exact, offset)
+    found = _FLAG_WORDS.get(key)
+    if found is None:
+        if len(_FLAG_WORDS) >= _CACHED:
+            _FLAG_WORDS.clear()
+        bits = np.full(full, flags[1], dtype=np.uint64)
+        bits[0] = flags[0]
+        if exact:
+            bits[-1] = flags[2]
+        found = _FLAG_WORDS[key] = (bits, bits + (offset << 8))
+    return found
 
-    Its IP ID, sequence number and flags must be those of segment ``full``: a two-part
-    packet (headers + the rest) with the ID and sequence advanced gives exactly that.
-    """
+
+def _offsets(full: int, mss: int) -> Array:
+    """``arange(full) * mss`` as uint64, cached."""
+    key = (full, mss)
+    found = _OFFSETS.get(key)
+    if found is None:
+        if len(_OFFSETS) >= _CACHED:
+            _OFFSETS.clear()
+        found = _OFFSETS[key] = _index(full) * mss
+    return found
+
+
+def _tail(
+    packet: Packet, mss: int, out: memoryview, template: tuple[bytearray, int, int], last: int
+) -> int:
+    """Write the last, shorter segment (after the full ones, with TCP flags ``last``) at
+    ``out[0]`` through the scalar code, from the same template; returns its size."""
     ihl = (packet[0] & 0x0F) << 2
-    hlen = ihl + ((packet[ihl + 12] >> 4) << 2)
-    rest = bytearray(packet[:hlen])
-    rest += packet[hlen + full * mss :]
-    ident = ((packet[4] << 8 | packet[5]) + full) & 0xFFFF
-    rest[4:6] = ident.to_bytes(2, "big")
-    seq = (int.from_bytes(packet[ihl + 4 : ihl + 8], "big") + full * mss) & 0xFFFFFFFF
-    rest[ihl + 4 : ihl + 8] = seq.to_bytes(4, "big")
-    rest[ihl + 13] = _flag_sequence(packet[ihl + 13], 1)[2]
-    return segment_tcp4(rest, mss, out, at)
+    full = (len(packet) - len(template[0])) // mss
+    segment = Segment(
+        packet[len(template[0]) + full * mss :],
+        ((packet[4] << 8 | packet[5]) + full) & 0xFFFF,
+        (int.from_bytes(packet[ihl + 4 : ihl + 8], "big") + full * mss) & 0xFFFFFFFF,
+        last,
+    )
+    return write_segment(out, 0, template, segment)
 
 
 def run_lengths(data: memoryview, segment: int) -> int:
@@ -237,7 +260,7 @@ def _steps(count: int, words: int, payload: int) -> Array:
     key = (count, words, payload)
     found = _STEPS.get(key)
     if found is None:
-        if len(_STEPS) >= _STEPS_KEPT:
+        if len(_STEPS) >= _CACHED:
             _STEPS.clear()
         found = np.zeros((count, words), dtype=np.uint32)
         found[:, _SEQ_WORD] = (_index(count) * payload).astype(np.uint32)
