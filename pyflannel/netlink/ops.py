@@ -140,12 +140,18 @@ class NetlinkOps:
         await self._call(f"delete device {index}", links.delete_link(index), errno.ENODEV)
 
     async def set_link(
-        self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool = False
+        self,
+        index: int,
+        *,
+        mtu: int | None = None,
+        mac: str | None = None,
+        up: bool = False,
+        gso_max_segs: int | None = None,
     ) -> None:
-        """Change a device's MTU or MAC, and/or bring it up."""
-        if mtu is None and mac is None and not up:
+        """Change a device's MTU, MAC or GSO segment limit, and/or bring it up."""
+        if mtu is None and mac is None and not up and gso_max_segs is None:
             return
-        request = links.set_link(index, mtu=mtu, mac=mac, up=up)
+        request = links.set_link(index, mtu=mtu, mac=mac, up=up, gso_max_segs=gso_max_segs)
         await self._call(f"configure device {index}", request)
 
     async def addresses(self, index: int) -> list[IPv4Interface]:

@@ -110,7 +110,7 @@ class UdpBackend:
         self._tun = tundev.open_tun(
             vnet_hdr=batching, offloads=tundev.TUN_F_CSUM | tundev.TUN_F_TSO4
         )
-        await tundev.prepare_link(self._tun.name, self._mtu)
+        await tundev.prepare_link(self._tun.name, self._mtu, gso_max_segs=self._tso_segments())
         logger.info(
             "udp backend: %s (MTU %d), UDP %s:%d, %s",
             self._tun.name,
@@ -120,6 +120,18 @@ class UdpBackend:
             _describe(self._tun, self._offload),
         )
         return Prepared(backend_type="", backend_data=None, mtu=self._mtu)
+
+    def _tso_segments(self) -> int | None:
+        """With TSO on the TUN, the most segments one TCP super-packet may hold: as many
+        full-sized datagrams as one ``UDP_SEGMENT`` send carries, so that each leaves in
+        one send (the kernel's 64 KiB super-packets would take a second one for their
+        last one or two segments)."""
+        assert self._tun is not None
+        if not self._tun.offloads & tundev.TUN_F_TSO4:
+            return None
+        from pyflannel.backends.udp.batched import segments_per_send
+
+        return segments_per_send(self._mtu)
 
     @staticmethod
     def _can_batch(sock: socket.socket) -> bool:

@@ -59,6 +59,11 @@ ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 RX_RING = 4 * BUFFER_SIZE  # receive buffers a merged run may span (a run is ≤ 64 KiB)
 
 
+def segments_per_send(size: int) -> int:
+    """How many datagrams of ``size`` bytes one ``UDP_SEGMENT`` send may carry."""
+    return max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+
+
 def enable_socket_offloads(sock: socket.socket) -> tuple[bool, bool]:
     """Turn on ``UDP_GRO`` and probe ``UDP_SEGMENT``; returns what the kernel supports."""
     try:
@@ -183,7 +188,7 @@ class BatchedPath(DataPath):
 
     def _send_run(self, data: memoryview, size: int, hop: tuple[str, int]) -> None:
         """Send packets of ``size`` bytes laid end to end (the last may be shorter)."""
-        per_send = size * min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        per_send = size * segments_per_send(size)
         for start in range(0, len(data), per_send):
             chunk = data[start : start + per_send]
             if len(chunk) <= size:

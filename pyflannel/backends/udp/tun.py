@@ -110,11 +110,12 @@ def disable_ipv6(name: str) -> None:
         logger.warning("could not disable IPv6 on %s: %s", name, exc)
 
 
-async def prepare_link(name: str, mtu: int) -> None:
-    """IPv6 off and the MTU set, before the link is up."""
+async def prepare_link(name: str, mtu: int, *, gso_max_segs: int | None = None) -> None:
+    """IPv6 off, the MTU and (with TSO) the segments of one TCP super-packet set, before
+    the link is up."""
     disable_ipv6(name)
     async with NetlinkOps() as ops:
-        await ops.set_link(await _index(ops, name), mtu=mtu)
+        await ops.set_link(await _index(ops, name), mtu=mtu, gso_max_segs=gso_max_segs)
 
 
 async def address_link(name: str, local: IPv4Address, network: IPv4Network) -> None:

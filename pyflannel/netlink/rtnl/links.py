@@ -34,6 +34,7 @@ AF_UNSPEC = 0
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_OPERSTATE, IFLA_LINKINFO = 16, 18
+IFLA_GSO_MAX_SEGS = 40
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT, IFLA_VXLAN_GBP = 7, 15, 23
@@ -117,13 +118,21 @@ def new_vxlan(name: str, attrs: VxlanAttrs, *, mac: str, mtu: int) -> Request:
 
 
 def set_link(
-    index: int, *, mtu: int | None = None, mac: str | None = None, up: bool = False
+    index: int,
+    *,
+    mtu: int | None = None,
+    mac: str | None = None,
+    up: bool = False,
+    gso_max_segs: int | None = None,
 ) -> Request:
-    """Change a device's MTU or MAC, and/or bring it up (a device never goes down here)."""
+    """Change a device's MTU, MAC or the most segments of one GSO packet sent through it,
+    and/or bring it up (a device never goes down here)."""
     flag = IFF_UP if up else 0
     body = _header(index, flag, flag)
     if mtu is not None:
         body += attr(IFLA_MTU, U32.pack(mtu))
+    if gso_max_segs is not None:
+        body += attr(IFLA_GSO_MAX_SEGS, U32.pack(gso_max_segs))
     if mac is not None:
         body += attr(IFLA_ADDRESS, _mac_bytes(mac))
     return Request(RTM_NEWLINK, 0, body)
