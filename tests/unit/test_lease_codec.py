@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pyflannel.errors import PeerDataError
-from pyflannel.model.lease import LeaseAttrs, LeaseFormat, decode_attrs, encode_attrs
+from pyflannel.model.lease import (
+    LeaseAttrs,
+    LeaseFormat,
+    _decode_json,
+    decode_attrs,
+    encode_attrs,
+)
 from pyflannel.model.net import SubnetKey, parse_subnet_key, subnet_gateway
 
 VXLAN = LeaseAttrs(IPv4Address("192.168.64.3"), "vxlan", '{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}')
@@ -137,3 +143,59 @@ def test_fuzz_values_never_crash(doc: dict[str, object]) -> None:
     except PeerDataError:
         return
     assert decode_attrs(encode_attrs(attrs, LeaseFormat.V3)) == attrs
+
+
+def _decoded(text: str | bytes) -> LeaseAttrs | str:
+    try:
+        return decode_attrs(text)
+    except PeerDataError as exc:
+        return f"error: {type(exc).__name__}"
+
+
+def _decoded_json(text: str) -> LeaseAttrs | str:
+    try:
+        return _decode_json(text)
+    except PeerDataError as exc:
+        return f"error: {type(exc).__name__}"
+
+
+_VALUES = st.builds(
+    lambda ip, v6, kind, data, end: '{"PublicIP":"' + ip + '"' + v6 + kind + data + end,
+    st.sampled_from(["198.51.100.7", "10.0.0.1", "256.1.1.1", "1.2.3", "01.2.3.4"]),
+    st.sampled_from(["", ',"PublicIPv6":null', ',"PublicIPv6":"::1"', ',"publicipv6":null']),
+    st.sampled_from(
+        ["", ',"BackendType":"vxlan"', ',"BackendType":"host-gw"', ',"BackendType":""',
+         ',"backendtype":"udp"']
+    ),
+    st.sampled_from(
+        ["", ',"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:0f"}',
+         ',"BackendData":{"VtepMAC":"AA:BB:CC:DD:EE:0F"}',
+         ',"BackendData":{"VNI":01,"VtepMAC":"aa:bb:cc:dd:ee:0f"}',
+         ',"BackendData":{"VNI":1.0,"VtepMAC":"aa:bb:cc:dd:ee:0f"}',
+         ',"BackendData":{"VNI":1, "VtepMAC":"aa:bb:cc:dd:ee:0f"}', ',"BackendData":null']
+    ),
+    st.sampled_from(["}", ',"BackendV6Data":null}', ',"Extra":1}', "} ", "}}", ""]),
+)  # fmt: skip
+
+
+@given(_VALUES)
+def test_the_fast_reading_of_common_values_is_the_json_reading(text: str) -> None:
+    assert _decoded(text) == _decoded_json(text)
+    assert _decoded(text.encode()) == _decoded_json(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"PublicIP":"198.51.100.7","PublicIPv6":null,"BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:0f"}}',
+        '{"PublicIP":"198.51.100.7","BackendType":"vxlan","BackendData":{"VtepMAC":"aa:bb:cc:dd:ee:0f"}}',
+        '{"PublicIP":"198.51.100.7","PublicIPv6":null,"BackendType":"host-gw"}',
+        '{"PublicIP":"198.51.100.7","PublicIPv6":null}',
+        '{"PublicIP":"198.51.100.7"}',
+        '{"PublicIP":"198.51.100.700"}',
+    ],
+)
+def test_values_as_flanneld_writes_them_read_alike_either_way(text: str) -> None:
+    assert _decoded(text) == _decoded_json(text)
+    assert _decoded(text.encode()) == _decoded_json(text)
