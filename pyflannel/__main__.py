@@ -56,8 +56,10 @@ def _run(options: Options, ignored: Sequence[str]) -> int:
         )
     try:
         validate(options)
+        from pyflannel import gcpolicy
         from pyflannel.daemon import run_daemon
 
+        gcpolicy.tune()
         outcome = asyncio.run(run_daemon(options))
     except (PyflannelError, BaseExceptionGroup) as exc:
         leaves = _leaves(exc)

@@ -13,6 +13,7 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from pyflannel import gcpolicy
 from pyflannel.backend import Backend, BackendContext, load_backend
 from pyflannel.channel import PeerChannel
 from pyflannel.core import subnetenv
@@ -128,6 +129,7 @@ async def _serve(
         health.ready = True
         sd_notify("READY=1")
         logger.info("pyflanneld is ready: subnet %s, MTU %d", lease.subnet, prepared.mtu)
+        gcpolicy.settle()
         group.create_task(traffic.run(), name="traffic-rules")
         await _run_loops(manager, backend, lease, group)
     finally:
