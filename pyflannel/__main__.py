@@ -8,7 +8,6 @@ any other error, with a message that says what to fix.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -17,8 +16,9 @@ from collections.abc import Sequence
 from pyflannel import __version__
 from pyflannel.cli import HelpRequested, UsageError, ignored_arguments, parse_args, usage
 from pyflannel.errors import ConfigError, PyflannelError
-from pyflannel.logsetup import setup_logging
 from pyflannel.options import Options, validate
+from pyflannel.registry.etcdsettings import EtcdSettings, needs_tls
+from pyflannel.tlsfree import forgo_ssl
 
 logger = logging.getLogger("pyflannel")
 
@@ -47,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(options: Options, ignored: Sequence[str]) -> int:
+    if not needs_tls(EtcdSettings.from_options(options)):
+        forgo_ssl()  # before anything imports asyncio (structlog does)
+    import asyncio
+
+    from pyflannel.logsetup import setup_logging
+
     setup_logging(verbosity=options.v, fmt=options.log_format)
     if ignored:
         # Go's flag parsing stops at the first non-flag word, so `-ip-masq false --iface=x`

@@ -19,14 +19,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyflannel.errors import RegistryUnavailable
 from pyflannel.httpc.connection import KEEPALIVE_OPTIONS, Connection, Response, unavailable_error
 from pyflannel.httpc.wire import END, Event, Head, LineSplitter, ProtocolError, encode_request
+
+if TYPE_CHECKING:
+    import ssl  # only its types: a daemon without TLS never loads it (see pyflannel.tlsfree)
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-import ssl
 from collections.abc import Mapping
 
 from pyflannel.errors import RegistryUnavailable
 from pyflannel.httpc.wire import END, Event, Head, ProtocolError, ResponseParser
+from pyflannel.tlsfree import loaded_ssl
 
 # Probe a quiet connection after 10 s, every 5 s, give up after 3 unanswered probes:
 # a peer host that vanished breaks even an idle stream within about 25 s.
@@ -165,9 +165,10 @@ class Connection(asyncio.BufferedProtocol):
 def unavailable_error(name: str, exc: BaseException, tls_hint: str = "") -> RegistryUnavailable:
     """The error for a failure to get an answer from ``name``, saying what an operator
     can act on (``tls_hint`` follows a rejected server certificate)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    tls = loaded_ssl()
+    if tls is not None and isinstance(exc, tls.SSLCertVerificationError):
         detail = f"TLS certificate not accepted: {exc.verify_message}{tls_hint}"
-    elif isinstance(exc, ssl.SSLError):
+    elif tls is not None and isinstance(exc, tls.SSLError):
         detail = f"TLS failed: {exc.reason or exc}"
     elif isinstance(exc, ProtocolError):
         detail = f"malformed HTTP answer: {exc}"

@@ -32,9 +32,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyflannel.errors import (
     RegistryError,
@@ -45,6 +44,10 @@ from pyflannel.httpc.longpoll import PollingOrigin
 from pyflannel.httpc.urls import basic_auth, form_body, request_target
 from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings
 from pyflannel.registry.etcdtls import targets
+from pyflannel.tlsfree import loaded_ssl
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +156,9 @@ class Etcd2Connection:
                 response = await origin.request(method, target, body, headers, timeout=timeout)
                 status, fields, data = response.status, response.headers, response.body
         except RegistryUnavailable as exc:
-            cause = exc.__cause__  # a TLS alert: the server refused our certificate
-            if isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or ""):
+            if _tls_alert(exc.__cause__):  # the server refused our certificate
                 raise RegistryPermissionError(
-                    f"{origin.name} rejected the TLS connection: {cause}; check"
+                    f"{origin.name} rejected the TLS connection: {exc.__cause__}; check"
                     " --etcd-certfile, --etcd-keyfile and --etcd-cafile"
                 ) from exc
             raise
@@ -168,6 +170,11 @@ class Etcd2Connection:
         if self._origins[self._index] is origin and len(self._origins) > 1:
             self._index = (self._index + 1) % len(self._origins)
             logger.debug("%s; next etcd endpoint: %s", failure, self._origins[self._index].name)
+
+
+def _tls_alert(cause: BaseException | None) -> bool:
+    tls = loaded_ssl()
+    return tls is not None and isinstance(cause, tls.SSLError) and "ALERT" in (cause.reason or "")
 
 
 def _origin(endpoint: Endpoint, context: ssl.SSLContext | None, hint: str) -> PollingOrigin:

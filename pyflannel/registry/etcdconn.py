@@ -27,9 +27,8 @@ import contextlib
 import functools
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyflannel.errors import (
     RegistryError,
@@ -51,6 +50,9 @@ from pyflannel.registry.etcdwire import (
     gateway_lost_etcd,
     parse_token,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Endpoint", "EtcdConnection", "EtcdSettings", "WatchStream", "parse_endpoint"]
 

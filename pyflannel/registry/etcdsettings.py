@@ -96,6 +96,15 @@ def parse_endpoint(text: str) -> Endpoint:
     return Endpoint(parts.scheme, parts.hostname, port)
 
 
+def needs_tls(settings: EtcdSettings) -> bool:
+    """Whether talking to etcd will take TLS (endpoints that do not parse: assume it
+    will, and leave the error to the registry, which explains it)."""
+    try:
+        return use_tls(settings, [parse_endpoint(text) for text in settings.endpoints])
+    except ConfigError:
+        return True
+
+
 def use_tls(settings: EtcdSettings, endpoints: Sequence[Endpoint]) -> bool:
     """TLS when an endpoint says https or a client certificate and key are given."""
     return any(e.scheme == "https" for e in endpoints) or bool(

@@ -11,12 +11,15 @@ files are given. Files that cannot be read are configuration errors, named by fl
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyflannel.errors import ConfigError
 from pyflannel.registry.etcdsettings import Endpoint, EtcdSettings, parse_endpoint, use_tls
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ def client_context(settings: EtcdSettings, endpoints: Sequence[Endpoint]) -> ssl
 def ssl_context(settings: EtcdSettings) -> ssl.SSLContext:
     """Server verification against ``--etcd-cafile`` (or the system CAs) and the client
     certificate when both its files are given; TLS 1.2 at least, as flanneld."""
+    import ssl  # here: a daemon without TLS never loads it (see pyflannel.tlsfree)
+
     if bool(settings.certfile) != bool(settings.keyfile):
         logger.warning(
             "only one of --etcd-certfile and --etcd-keyfile is set; no client certificate is sent"

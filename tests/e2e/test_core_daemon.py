@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.daemon import start_daemon
+from support.daemon import Daemon, start_daemon
 from support.etcd import EtcdServer
 from support.netns import Host, TopologyFactory
 from support.pki import Pki, make_pki
@@ -59,6 +59,7 @@ def test_two_hosts_get_distinct_subnets_and_byte_exact_data(
     envs = [d.wait_ready() for d in daemons]
     subnets = {env["FLANNEL_SUBNET"] for env in envs}
     assert len(subnets) == 2
+    assert not maps_openssl(daemons[0])  # plain-HTTP etcd: OpenSSL is not even loaded
     for daemon, env in zip(daemons, envs, strict=True):
         net = env["FLANNEL_SUBNET"].replace(".1/24", ".0")
         assert daemon.subnet_file.read_text() == (
@@ -155,6 +156,11 @@ def test_etcd_outage_is_survived_and_leases_stay_renewable(
         assert len(warnings) <= 4, "\n".join(warnings)
 
 
+def maps_openssl(daemon: Daemon) -> bool:
+    assert daemon.proc is not None
+    return "libssl" in Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+
+
 def lease_id(server: EtcdServer, key: str) -> int:
     out = json.loads(server.etcdctl("get", key, "-w", "json").stdout)
     return int(out["kvs"][0]["lease"])
@@ -177,6 +183,7 @@ def test_tls_with_client_certificates(topology: TopologyFactory, tmp_path: Path)
         daemon = start_daemon(host, tmp_path / "h0", *flags(server, *tls))
         assert daemon.wait_ready()["FLANNEL_NETWORK"] == "10.3.0.0/16"
         assert len(leases(server)) == 1
+        assert maps_openssl(daemon)
 
 
 def test_environment_variables_configure_the_daemon(
