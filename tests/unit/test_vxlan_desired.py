@@ -176,6 +176,14 @@ def test_vtep_mac_key_is_case_insensitive_and_go_forms_are_accepted() -> None:
         parse_mac("02:00:00:00:00:ab:cd")
 
 
+@pytest.mark.parametrize(
+    "text", ["02:00:00-00:00:ab", "02-00-00-00-00:ab", "02:00:00:00:00:ab\n", "0200.0000.00ab\n"]
+)
+def test_a_mac_needs_one_separator_throughout_and_nothing_after_it(text: str) -> None:
+    with pytest.raises(PeerDataError):
+        parse_mac(text)
+
+
 @given(
     st.sampled_from(['{"VNI":1,"VtepMAC":"%s"}', '{"VtepMAC":"%s"}', '{"VNI":01,"VtepMAC":"%s"}',
                      '{"VNI":-7,"VtepMAC":"%s"}', '{"vtepmac":"%s"}', '{"VtepMAC":"%s","VNI":1}']),

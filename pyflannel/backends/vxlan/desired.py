@@ -43,11 +43,13 @@ BACKEND_TYPE = "vxlan"
 
 # The forms Go's net.ParseMAC accepts for a 6-byte address.
 _HEX = frozenset("0123456789abcdef")
-_MAC_FORMS = (
-    re.compile(r"^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]"
-               r"([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$"),
-    re.compile(r"^([0-9a-f]{2})([0-9a-f]{2})\.([0-9a-f]{2})([0-9a-f]{2})\."
-               r"([0-9a-f]{2})([0-9a-f]{2})$"),
+_MAC_FORMS = (  # one separator throughout, nothing after the last group (as Go)
+    re.compile(r"([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):"
+               r"([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})"),
+    re.compile(r"([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-"
+               r"([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})"),
+    re.compile(r"([0-9a-f]{2})([0-9a-f]{2})\.([0-9a-f]{2})([0-9a-f]{2})\."
+               r"([0-9a-f]{2})([0-9a-f]{2})"),
 )  # fmt: skip
 
 
@@ -79,7 +81,7 @@ def parse_mac(text: str) -> str:
     # The form every flanneld writes (and every watch event carries), without a regex.
     if not (len(mac) == 17 and mac[2::3] == ":::::" and _HEX.issuperset(mac[::3] + mac[1::3])):
         for form in _MAC_FORMS:
-            match = form.match(mac)
+            match = form.fullmatch(mac)
             if match:
                 mac = ":".join(match.groups())
                 break
