@@ -7,7 +7,7 @@ run them (not root, no `ip`, no etcd binary). Whatever a test leaves behind (pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from support import etcd as etcd_support
 from support import netns
 from support.etcd import EtcdServer
 from support.netns import Topology, TopologyFactory
+from support.scripted import ScriptedServers, Start
 
 _NEEDS = {
     "netns": (netns.unavailable,),
@@ -71,3 +72,13 @@ def topology() -> Iterator[TopologyFactory]:
     finally:
         for built in reversed(made):
             built.close()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Start]:
+    """Start scripted HTTP servers on loopback (`support.scripted`); closed after the test."""
+    servers = ScriptedServers()
+    try:
+        yield servers.start
+    finally:
+        servers.close()

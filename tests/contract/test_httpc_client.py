@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from support.etcd import EtcdServer
+from support.scripted import Reply, Start, chunk, ok
 
 from pyflannel.errors import RegistryError, RegistryUnavailable
 from pyflannel.httpc.client import Origin
@@ -30,73 +29,6 @@ from pyflannel.registry.etcdwire import b64, parse_range, put_request, range_req
 
 JSON = [("Content-Type", "application/json")]
 etcd_only = pytest.mark.etcd
-
-Reply = Sequence[bytes | float | None]  # bytes to send, seconds to wait, None to hang up
-
-
-@dataclass
-class Scripted:
-    """A server that answers each request with the next scripted reply."""
-
-    replies: list[Reply]
-    port: int = 0
-    requests: list[bytes] = field(default_factory=list)
-    connections: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while self.replies:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                self.requests.append(head + await reader.readexactly(length))
-                if not await self._send(writer, self.replies.pop(0)):
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def _send(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
-        for step in reply:
-            if step is None:
-                return False
-            if isinstance(step, float):
-                await asyncio.sleep(step)
-            else:
-                writer.write(step)
-                await writer.drain()
-        return True
-
-
-Start = Callable[..., Awaitable[Scripted]]
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[Start]:
-    servers: list[asyncio.Server] = []
-
-    async def start(*replies: Reply) -> Scripted:
-        script = Scripted(list(replies))
-        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
-        servers.append(server)
-        script.port = server.sockets[0].getsockname()[1]
-        return script
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def ok(body: bytes, *extra: str) -> bytes:
-    headers = "".join(f"{h}\r\n" for h in extra)
-    return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (
-        headers.encode(), len(body), body)  # fmt: skip
-
 
 RANGE_OK = ok(b'{"header":{"revision":"7"}}')
 
@@ -215,12 +147,6 @@ async def test_an_etcd_without_the_v3_path_is_asked_under_v3beta(scripted: Start
 
 
 WATCH_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 CREATED = chunk(b'{"result":{"header":{"revision":"3"},"created":true}}\n')
 
 
