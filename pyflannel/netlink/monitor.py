@@ -22,6 +22,7 @@ import sys
 from collections.abc import AsyncIterator
 
 from pyflannel.netlink import rtnl
+from pyflannel.netlink.rtnl.transport import route_socket
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +83,7 @@ class NetlinkMonitor:
 
     def open(self) -> None:
         """Subscribe (in the calling thread's network namespace)."""
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        )  # fmt: skip
+        sock = route_socket()
         try:
             _attach_filter(sock)
         except OSError as exc:  # without it the monitor still works, just wakes more often

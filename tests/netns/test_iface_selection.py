@@ -12,9 +12,7 @@ the calling thread), with its own event loop, so netlink sees the namespace as a
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
 
@@ -56,31 +54,16 @@ def select_in(
     public_ip: str = "",
 ) -> ExternalInterface:
     """Run ``select_interface`` inside ``ns``; re-raise whatever it raised."""
-    box: dict[str, ExternalInterface | BaseException] = {}
-
-    def worker() -> None:
-        try:
-            nsjoin.join(ns.name)
-            box["result"] = asyncio.run(
-                select_interface(
-                    iface=iface,
-                    iface_regex=iface_regex,
-                    iface_can_reach=iface_can_reach,
-                    public_ip=public_ip,
-                )
-            )
-        except BaseException as err:
-            box["error"] = err
-
-    thread = threading.Thread(target=worker, name=f"select-in-{ns.name}")
-    thread.start()
-    thread.join(timeout=30)
-    assert not thread.is_alive(), "interface selection did not finish in 30 s"
-    outcome = box.get("error", box.get("result"))
-    if isinstance(outcome, BaseException):
-        raise outcome
-    assert isinstance(outcome, ExternalInterface)
-    return outcome
+    return nsjoin.run_in(
+        ns.name,
+        lambda: select_interface(
+            iface=iface,
+            iface_regex=iface_regex,
+            iface_can_reach=iface_can_reach,
+            public_ip=public_ip,
+        ),
+        timeout=30,
+    )
 
 
 def test_default_route_interface(host: Namespace, caplog: pytest.LogCaptureFixture) -> None:

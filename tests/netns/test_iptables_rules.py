@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from support import netns, nsjoin
@@ -66,23 +65,7 @@ class Box:
 
     def run(self, make: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
         """Run ``make()`` to completion on an event loop in a thread inside the namespace."""
-        box: dict[str, Any] = {}
-
-        def worker() -> None:
-            try:
-                nsjoin.join(self.ns.name)
-                box["result"] = asyncio.run(_call(make))
-            except BaseException as err:
-                box["error"] = err
-
-        thread = threading.Thread(target=worker, name=f"rules-in-{self.ns.name}")
-        thread.start()
-        thread.join(timeout)
-        assert not thread.is_alive(), f"keeper in {self.ns.name} did not finish in {timeout} s"
-        if "error" in box:
-            raise box["error"]
-        result: T = box["result"]
-        return result
+        return nsjoin.run_in(self.ns.name, lambda: _call(make), timeout=timeout)
 
     def start(self, options: Options, net: IPv4Network, sub: IPv4Network,
               previous: dict[str, str] | None = None) -> TrafficRules:  # fmt: skip

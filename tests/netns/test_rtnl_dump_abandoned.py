@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,24 +61,7 @@ class Outcome:
 
 def run_in(ns: Namespace, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``make()`` on a YieldingLoop in a thread inside ``ns``; re-raise its error."""
-    box: dict[str, Any] = {}
-
-    def worker() -> None:
-        try:
-            nsjoin.join(ns.name)
-            with asyncio.Runner(loop_factory=YieldingLoop) as runner:
-                box["result"] = runner.run(make())
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=worker, name=f"rtnl-in-{ns.name}")
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "the netlink work did not finish in 60 s"
-    if "error" in box:
-        raise box["error"]
-    result: T = box["result"]
-    return result
+    return nsjoin.run_in(ns.name, make, loop_factory=YieldingLoop)
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ independent witness of what the kernel holds.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Callable, Coroutine, Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
@@ -34,23 +32,7 @@ HOST_IP = "198.51.100.11"
 
 def run_in(ns: Namespace, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``make()`` on an event loop in a thread inside ``ns``; re-raise its error."""
-    box: dict[str, Any] = {}
-
-    def worker() -> None:
-        try:
-            nsjoin.join(ns.name)
-            box["result"] = asyncio.run(make())
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=worker, name=f"rtnl-in-{ns.name}")
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive(), "the netlink work did not finish in 30 s"
-    if "error" in box:
-        raise box["error"]
-    result: T = box["result"]
-    return result
+    return nsjoin.run_in(ns.name, make, timeout=30)
 
 
 def with_ops(call: Callable[[NetlinkOps], Coroutine[Any, Any, T]]) -> Callable[[], Any]:

@@ -264,12 +264,18 @@ class RtnlSocket:
         return self._sock
 
 
-def _new_socket(port: int = 0) -> socket.socket:
-    """A tuned rtnetlink socket, bound to ``port`` if that is free, else to any port."""
-    sock = socket.socket(
+def route_socket() -> socket.socket:
+    """A new non-blocking, close-on-exec ``NETLINK_ROUTE`` socket (not bound yet), in the
+    network namespace of the calling thread."""
+    return socket.socket(
         socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
         socket.NETLINK_ROUTE,
     )  # fmt: skip
+
+
+def _new_socket(port: int = 0) -> socket.socket:
+    """A tuned rtnetlink socket, bound to ``port`` if that is free, else to any port."""
+    sock = route_socket()
     try:
         _tune(sock)
         _bind(sock, port)
