@@ -199,6 +199,12 @@ class ReconcileLoop:
     The loop is idle until the first poke (a backend pokes once it knows its peers,
     so a restart never removes entries before the peer list is in). A step that
     raises one of ``transient`` is retried with backoff; anything else ends the loop.
+
+    With ``full_every`` above 1, a backend that hears of every change to its entries
+    (netlink notices, which poke the loop) does not need the periodic read each
+    time: only every ``full_every``-th period runs, unless :meth:`doubt` said that a
+    change may have gone unnoticed, in which case the next period runs. The quiet
+    periods in between cost nothing.
     """
 
     def __init__(
@@ -206,11 +212,15 @@ class ReconcileLoop:
         step: Callable[[], Awaitable[None]],
         *,
         period: float,
+        full_every: int = 1,
         transient: tuple[type[BaseException], ...] = (),
         backoff: Backoff = RETRY_BACKOFF,
     ) -> None:
         self._step = step
         self._period = period
+        self._full_every = full_every
+        self._quiet = 0  # periods skipped since the last full pass
+        self._doubt = False
         self._transient = transient
         self._backoff = backoff
         self._wake = asyncio.Event()
@@ -229,6 +239,10 @@ class ReconcileLoop:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
+    def doubt(self) -> None:
+        """Something may have changed unnoticed: make the next periodic pass run."""
+        self._doubt = True
+
     def _fire(self) -> None:
         self._timer = None
         self._wake.set()
@@ -239,7 +253,11 @@ class ReconcileLoop:
         try:
             while True:
                 elapsed = await self._sleep(self._backoff.delay(failures - 1) if failures else None)
+                if elapsed and not failures and self._skip_period():
+                    continue
                 self.full, self._full = self._full or elapsed or failures > 0, False
+                if self.full:
+                    self._quiet, self._doubt = 0, False
                 self._wake.clear()
                 self.passes += 1
                 try:
@@ -255,6 +273,13 @@ class ReconcileLoop:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
+
+    def _skip_period(self) -> bool:
+        """Whether this period's pass can be left out (see the class docstring)."""
+        if self._full or self._doubt or self._quiet + 1 >= self._full_every:
+            return False
+        self._quiet += 1
+        return True
 
     async def _sleep(self, retry_in: float | None) -> bool:
         """Until poked, or the period (or retry delay) passes: True in the latter case."""

@@ -100,3 +100,26 @@ async def test_other_failures_end_the_loop() -> None:
     loop.poke()
     with pytest.raises(RuntimeError, match="bug"):
         await asyncio.wait_for(loop.run(), 1)
+
+
+async def test_with_full_every_only_every_nth_period_runs() -> None:
+    step = Recorder()
+    loop = step.bind(period=0.02, full_every=5)
+    loop.poke()
+    await run_for(loop, 0.25)  # about twelve periods: two or three of them run
+    assert step.calls[0] is False
+    assert 1 <= len(step.calls) - 1 <= 3
+    assert all(step.calls[1:])
+
+
+async def test_a_doubt_makes_the_next_period_run() -> None:
+    step = Recorder()
+    loop = step.bind(period=0.05, full_every=1000)
+    task = spawn(loop.run(), name="loop-under-test")
+    loop.poke()
+    await asyncio.sleep(0.01)
+    loop.doubt()
+    await asyncio.sleep(0.3)  # six periods: the first runs, the others are quiet
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert step.calls == [False, True]

@@ -12,8 +12,9 @@ Design notes
   our device (and our DirectRouting routes, found by their route protocol) and
   applies the difference in a few batched writes.
 - Passes run when lease events arrive (events that come in during a pass make one
-  more pass), when netlink reports a deletion on our device or of our routes, and
-  every ``RESYNC_PERIOD`` seconds. So entries deleted by hand come back, entries of
+  more pass), when netlink reports a change on our device or to our routes, and
+  periodically: every ``FULL_EVERY * RESYNC_PERIOD`` seconds, or after
+  ``RESYNC_PERIOD`` when a notice was ambiguous. So entries deleted by hand come back, entries of
   peers that left while we were down go at start-up, and a peer's changed VtepMAC
   leaves no stale FDB entry (an FDB entry is keyed by MAC, so the old one is simply
   not desired any more).
@@ -59,7 +60,12 @@ from pyflannel.netlink.rtnl import Notice
 logger = logging.getLogger(__name__)
 
 RESYNC_PERIOD = 10.0
-"""Seconds between full comparisons with the kernel when nothing pokes us."""
+"""Seconds between checks whether a full comparison with the kernel is due."""
+FULL_EVERY = 6
+"""Netlink notices report every change to our entries and device, so a quiet host
+compares everything only every ``FULL_EVERY`` periods (a minute); after a notice that
+may have been someone else's (see :class:`~pyflannel.netlink.driver.Echoes`), at the
+next period."""
 
 
 class VxlanBackend:
@@ -72,7 +78,9 @@ class VxlanBackend:
         self._ops = NetlinkOps()
         self._echoes = Echoes()
         self._reconciler = Reconciler(self._ops, on_send=self._echoes.expect)
-        self._loop = ReconcileLoop(self._sync, period=RESYNC_PERIOD, transient=(BackendError,))
+        self._loop = ReconcileLoop(
+            self._sync, period=RESYNC_PERIOD, full_every=FULL_EVERY, transient=(BackendError,)
+        )
         self._link: LinkState | None = None
         self._own: Lease | None = None
         self._book: PeerBook | None = None
@@ -165,7 +173,12 @@ class VxlanBackend:
         if notice.kind == "route":
             ours = notice.ifindex == link.index or notice.proto == RTPROT_PYFLANNEL
             return notice.table == MAIN_TABLE and ours
-        return notice.ifindex == link.index and not self._echoes.absorb(notice)
+        if notice.ifindex != link.index:
+            return False
+        if self._echoes.absorb(notice):
+            self._loop.doubt()  # most likely our own deletion; if not, the next period sees it
+            return False
+        return True
 
 
 def _scope(index: int) -> Scope:
