@@ -8,8 +8,8 @@ passes it applies only what a backend's peer book says changed, which is the sam
 as a full pass would do as long as the kernel holds what the last pass left.
 
 :class:`ReconcileLoop` decides *when*: whenever it is poked (a lease update, a
-netlink notice that something of ours was deleted) and at least every ``period``
-seconds (the safety net for anything the notices missed). A pass starts as soon as
+netlink notice that something of ours was deleted) and periodically (the safety net
+for anything the notices missed). A pass starts as soon as
 the first poke comes; pokes that arrive while it runs are coalesced into one more
 pass, so a burst costs a pass per group of arrivals, never one per event, and each
 pass costs what arrived; between passes the loop sleeps on a timer, with no polling.
