@@ -189,7 +189,7 @@ def _log(outcome: Outcome, wanted: int) -> None:
 
 
 class ReconcileLoop:
-    """Run ``step()`` when poked and at least every ``period`` seconds, one at a time.
+    """Run ``step()`` when poked and periodically (see ``full_every``), one at a time.
 
     :attr:`full` tells the step what kind of pass it runs: True for the periodic pass,
     after a failure, and when a poke asked for it (something may have changed in the
