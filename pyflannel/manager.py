@@ -203,8 +203,15 @@ class LeaseManager:
             self._note_own(event.lease)
 
     def _note_own(self, lease: Lease) -> None:
-        if lease.expiration != self.lease.expiration:
-            self._lease = Lease(self.lease.key, self.lease.attrs, lease.expiration)
+        """Follow what the registry says of our lease's expiration, but never later than
+        we know it: a v3 watch event carries no TTL, only an estimate (the time it was
+        read plus 24 h), and a watch that resumes after an outage replays our own write
+        of long ago, which would postpone the renewal by the length of the outage. A
+        lease turned into a reservation (no expiration), or back, is taken as it is."""
+        known, seen = self.lease.expiration, lease.expiration
+        expiration = seen if known is None or seen is None else min(known, seen)
+        if expiration != known:
+            self._lease = Lease(self.lease.key, self.lease.attrs, expiration)
             self._rearm.set()
 
 

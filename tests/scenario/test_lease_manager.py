@@ -204,3 +204,29 @@ async def test_renewal_loop_stops_when_cancelled_as_its_lease_changes() -> None:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=2)
     assert done and task.cancelled()
+
+
+async def test_watch_events_of_our_own_lease_never_postpone_its_renewal() -> None:
+    """A watch that resumes after an outage replays our own write: its estimated
+    expiration (read time + 24 h) must not push the renewal back."""
+    clock = Clock()
+    reg = InMemoryRegistry(CFG_JSON, clock=clock)
+    mgr = manager(reg, clock)
+    own = await mgr.acquire(config(), ME)
+    assert own.expiration is not None
+    feed = asyncio.get_running_loop().create_task(mgr.feed_peers(PeerChannel()))
+    try:
+        await asyncio.sleep(0.01)
+        value = encode_attrs(own.attrs, LeaseFormat.V3)
+        reg.put_raw(own.key.name(), value, ttl=LEASE_TTL + 600)  # later: ignored
+        await asyncio.sleep(0.01)
+        assert mgr.lease.expiration == own.expiration
+        reg.put_raw(own.key.name(), value, ttl=LEASE_TTL - 600)  # earlier: followed
+        await asyncio.sleep(0.01)
+        assert mgr.lease.expiration == own.expiration - 600
+        reg.put_raw(own.key.name(), value)  # made a reservation: no renewal any more
+        await asyncio.sleep(0.01)
+        assert mgr.lease.expiration is None
+    finally:
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
