@@ -22,6 +22,7 @@ from pyflannel.backends.udp.offload import (
     complete_checksum,
     flow_key,
     merge_headers,
+    same_flow,
     segment_tcp4,
 )
 
@@ -207,3 +208,12 @@ def test_flow_key_refuses_what_gro_would_not_merge() -> None:
     fragment[6] = 0x20  # MF
     assert flow_key(fragment) is None
     assert flow_key(good[:39]) is None
+
+
+def test_a_follower_across_receives_shares_all_but_id_checksums_sequence_and_psh() -> None:
+    head = tcp_packet(b"a" * 100, flags=TCP_ACK)
+    same = tcp_packet(b"b" * 100, seq=0x20000000, ident=7, flags=TCP_ACK | TCP_PSH)
+    assert same_flow(head, same, 52)
+    assert not same_flow(head, tcp_packet(b"a" * 100, flags=TCP_ACK, sport=40001), 52)
+    assert not same_flow(head, tcp_packet(b"a" * 99, flags=TCP_ACK), 52)  # total length
+    assert not same_flow(head, tcp_packet(b"a" * 100, flags=TCP_ACK | TCP_FIN), 52)

@@ -313,6 +313,15 @@ def _follower_mask(hlen: int) -> tuple[int, int, int]:
     return found
 
 
+def same_flow(first: Packet, other: Packet, hlen: int) -> bool:
+    """Whether ``other``'s headers may follow ``first``'s in one merged run: equal on
+    every bit a follower must share (:func:`_follower_mask`) but the sequence number,
+    which the caller checks against the run's next one."""
+    mask, _, seq_at = _follower_mask(hlen)
+    differ = int.from_bytes(first[:hlen], "big") ^ int.from_bytes(other[:hlen], "big")
+    return not differ & mask & ~(0xFFFFFFFF << seq_at)
+
+
 def merge_headers(first: memoryview, total: int, last_flags: int, mss: int) -> VnetHeader:
     """Turn ``first``'s headers into those of a ``total``-byte super-packet, in place.
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyflannel.backends.udp.offload import TCP_PSH, VNET_HDR_LEN, merge_headers
-from pyflannel.backends.udp.vector import same_flow
+from pyflannel.backends.udp.offload import TCP_PSH, VNET_HDR_LEN, merge_headers, same_flow
 
 MAX_MERGED = 65535  # an IPv4 total length
 

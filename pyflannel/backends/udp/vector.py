@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 Array = Any  # numpy arrays; NumPy's own annotations add nothing these few lines need
 _BE16 = np.dtype(">u2")
 _BE32 = np.dtype(">u4")
-_NOT_PSH = 0xFF ^ TCP_PSH
 _INDEXES: dict[int, Array] = {}
 _COLUMNS: dict[int, Array] = {}
 _FLAG_WORDS: dict[tuple[int, tuple[int, int, int], bool, int], tuple[Array, Array]] = {}
@@ -47,7 +46,6 @@ _U32 = 0xFFFFFFFF
 _OFFSETS: dict[tuple[int, int], Array] = {}
 _CACHED = 256  # entries per cache of shapes; cleared when full
 _COMPARED: dict[int, Array] = {}
-_FOLLOWER_MASKS: dict[int, int] = {}
 _STEPS: dict[tuple[int, int, int], Array] = {}
 _SEQ_WORD = 6  # bytes 24-27 of the headers: the TCP sequence number
 _FLAGS_WORD = 8  # bytes 32-35: data offset, flags, window
@@ -217,16 +215,6 @@ def run_lengths(data: memoryview, segment: int) -> int:
     return run
 
 
-def same_flow(first: memoryview, other: memoryview, hlen: int) -> bool:
-    """Whether ``other``'s headers may follow ``first``'s in one merged run.
-
-    Equal on every bit :func:`run_lengths` compares, so ``other`` is a segment of the
-    same flow and size; the caller checks its sequence number.
-    """
-    differ = int.from_bytes(first[:hlen], "big") ^ int.from_bytes(other[:hlen], "big")
-    return not differ & _follower_mask(hlen)
-
-
 def _compared_bits(words: int) -> Array:
     """Per 32-bit header word, the bits a follower must share with the head of its run:
     all but the IP ID and checksum and the TCP checksum (the sequence number is compared
@@ -238,19 +226,6 @@ def _compared_bits(words: int) -> Array:
         found[2] = 0xFFFF0000  # bytes 10-11: IP header checksum
         found[9] = 0x0000FFFF  # bytes 36-37: TCP checksum
         _COMPARED[words] = found
-    return found
-
-
-def _follower_mask(hlen: int) -> int:
-    """:func:`_compared_bits` as one integer over ``hlen`` header bytes, without the
-    sequence number and PSH."""
-    found = _FOLLOWER_MASKS.get(hlen)
-    if found is None:
-        keep = bytearray(b"\xff" * hlen)
-        for begin, end in ((4, 6), (10, 12), (24, 28), (36, 38)):
-            keep[begin:end] = bytes(end - begin)
-        keep[33] = _NOT_PSH
-        found = _FOLLOWER_MASKS[hlen] = int.from_bytes(keep, "big")
     return found
 
 
