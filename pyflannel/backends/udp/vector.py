@@ -25,12 +25,12 @@ from pyflannel.backends.udp.offload import (
     TCP_PSH,
     Segment,
     _flag_sequence,
-    _template,
     flow_key,
     segment_tcp4,
     segmented_size,
     write_segment,
 )
+from pyflannel.backends.udp.packet import TCP_PROTO
 
 if TYPE_CHECKING:
     from pyflannel.backends.udp.packet import Packet
@@ -39,11 +39,12 @@ Array = Any  # numpy arrays; NumPy's own annotations add nothing these few lines
 _BE16 = np.dtype(">u2")
 _BE32 = np.dtype(">u4")
 _INDEXES: dict[int, Array] = {}
-_COLUMNS: dict[int, Array] = {}
-_FLAG_WORDS: dict[tuple[int, tuple[int, int, int], bool, int], tuple[Array, Array]] = {}
-_IDS = np.arange(0x10000 + 0x10000, dtype=np.uint64) & 0xFFFF  # any ID, then 64 Ki more
+_NEGATED: dict[tuple[int, int, tuple[int, int, int], bool], Array] = {}
+_STEPS32: dict[tuple[int, int], Array] = {}
+_ALL_IDS = np.arange(0x10000 + 0x10000, dtype=np.uint64) & 0xFFFF  # any ID, then 64 Ki more
+_IDS = _ALL_IDS.astype(_BE16)  # as written
+_IDS_SHIFTED = _ALL_IDS << 8  # as summed (see _negated)
 _U32 = 0xFFFFFFFF
-_OFFSETS: dict[tuple[int, int], Array] = {}
 _CACHED = 256  # entries per cache of shapes; cleared when full
 _COMPARED: dict[int, Array] = {}
 _STEPS: dict[tuple[int, int, int], Array] = {}
@@ -59,11 +60,14 @@ def segment_tcp4_vec(packet: Packet, mss: int, out: memoryview, at: int = 0) -> 
     Same arguments, result and errors. An odd ``mss`` (whose payloads do not split into
     16-bit words) and a packet with a single segment take the scalar path.
 
-    Each NumPy call costs a microsecond or two whatever its size, so the calls are
-    few: the per-segment 16-bit fields are the columns of one array, written with one
-    assignment, and the sequence numbers go in as one column of 32-bit words (for the
-    checksum, a 32-bit word counts as the sum of its halves, 2**16 being 1 modulo
-    0xFFFF).
+    Each NumPy call costs a microsecond or so whatever its size, so they are few. The
+    header template carries what full segments share (total length, the middle
+    segments' flags); the first and last segments' flags are patched byte by byte. Both
+    checksums of every segment come out of one subtraction and one remainder over a
+    ``(segments, 2)`` array: what varies between segments but not between packets (the
+    sequence steps, the flag differences) is cached per shape as :func:`_negated`, what
+    varies between packets is one scalar folded into the payload sums, so only the
+    sums themselves are computed per packet.
     """
     ihl = (packet[0] & 0x0F) << 2
     hlen = ihl + ((packet[ihl + 12] >> 4) << 2)
@@ -73,105 +77,95 @@ def segment_tcp4_vec(packet: Packet, mss: int, out: memoryview, at: int = 0) -> 
     full = payload // mss
     if mss & 1 or full < 2:
         return segment_tcp4(packet, mss, out, at)
-    header, ip_base, tcp_base = _template(packet, ihl)
     size = hlen + mss
-    header[2:4] = size.to_bytes(2, "big")  # every full segment's total length
-    rows = np.frombuffer(out, np.uint8, full * size, at).reshape(full, size)
-    body = np.frombuffer(packet, np.uint8, full * mss, hlen)
-    rows[:, :hlen] = np.frombuffer(header, np.uint8)
-    rows[:, hlen:] = body.reshape(full, mss)
-    exact = payload == full * mss  # then the last full segment is the last segment
     flags = _flag_sequence(packet[ihl + 13], (payload - 1) // mss)
-    bits, words = _flag_words(full, flags, exact, packet[ihl + 12])
-    first_id = packet[4] << 8 | packet[5]
-    ident = _IDS[first_id : first_id + full]  # IP IDs, wrapping after 0xFFFF
-    number = (_offsets(full, mss) + int.from_bytes(packet[ihl + 4 : ihl + 8], "big")) & _U32
-    tcp_sum = _payload_sums(body, full) + number + bits  # number ≡ its halves' sum
-    fields = np.empty((full, 4), np.uint64)  # the 16-bit fields of _columns(ihl)
-    fields[:, 0] = ident
-    np.remainder(_BIG - (ip_base + size) - ident, 0xFFFF, out=fields[:, 1])
-    fields[:, 2] = words
-    np.remainder(_BIG - (tcp_base + mss) - tcp_sum, 0xFFFF, out=fields[:, 3])
-    rows.view(_BE16)[:, _columns(ihl)] = fields
-    np.ndarray((full,), _BE32, out, at + ihl + 4, (size,))[:] = number  # sequence numbers
+    exact = payload == full * mss  # then the last full segment is the last segment
+    header, ip_sum, tcp_sum = _shared(packet, ihl, hlen, size, flags[1])
+    seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
+    ident = packet[4] << 8 | packet[5]
+    rows = np.frombuffer(out, np.uint8, full * size, at).reshape(full, size)
+    body = np.frombuffer(packet, np.uint8, full * mss, hlen).reshape(full, mss)
+    rows[:, :hlen] = np.frombuffer(header, np.uint8)
+    rows[:, hlen:] = body
+    sums = np.empty((full, 2), np.uint64)  # per segment: IP sum, TCP sum; then checksums
+    np.add(_IDS_SHIFTED[ident : ident + full], ip_sum << 8, out=sums[:, 0])
+    words = body.view(np.uint32 if mss & 3 == 0 else np.uint16)
+    start = ((tcp_sum + seq) % 0xFFFF) << 8
+    np.add.reduce(words, axis=1, dtype=np.uint64, out=sums[:, 1], initial=start)
+    np.subtract(_negated(full, mss, flags, exact), sums, out=sums)
+    last_seq = seq + (full - 1) * mss
+    if last_seq > _U32:  # the sequence number wraps: 2**32 is 1 modulo 0xFFFF, not 0
+        sums[(_U32 + 1 - seq + mss - 1) // mss :, 1] += 1 << 8
+    np.remainder(sums, 0xFFFF, out=sums)
+    rows.view(np.uint16)[:, [5, (ihl + 16) >> 1]] = sums  # native order: see _negated
+    rows.view(_BE16)[:, 2] = _IDS[ident : ident + full]
+    numbers = np.ndarray((full,), _BE32, out, at + ihl + 4, (size,))
+    np.add(_steps32(full, mss), np.uint32(seq), out=numbers)
+    out[at + ihl + 13] = flags[0]
     written = full * size
-    if not exact:
-        template = (header, ip_base, tcp_base)
-        written += _tail(packet, mss, out[at + written :], template, flags[2])
-    return size, written
-
-
-def _payload_sums(body: Array, count: int) -> Array:
-    """Each row's payload sum, as big-endian 16-bit words, congruent modulo 0xFFFF (uint64).
-
-    Words are summed in native order, 32 bits at a time when the rows allow (2**16 is 1
-    modulo 0xFFFF, so a 32-bit word counts as its two halves); multiplying by 256 then
-    swaps the bytes of the ones'-complement sum, which makes it the big-endian one. Not
-    reduced: a row of at most 2**14 32-bit words sums below 2**46, so the shifted sum
-    and what is added to it stay below :data:`_BIG` (about 2**56).
-    """
-    wide = np.uint32 if body.size % (4 * count) == 0 else np.uint16
-    return np.add.reduce(body.view(wide).reshape(count, -1), axis=1, dtype=np.uint64) << 8
-
-
-def _columns(ihl: int) -> Array:
-    """Where the per-segment 16-bit fields go among a segment's 16-bit words: IP ID, IP
-    checksum, TCP data offset and flags, TCP checksum.
-
-    A checksum field is ``(-sum) mod 0xFFFF``, computed as ``(K - sum) % 0xFFFF`` with
-    ``K`` (:data:`_BIG`) a multiple of 0xFFFF above any sum here, which also maps a sum
-    of 0xFFFF (or 0) to the field 0, as :func:`.offload.finish` does.
-    """
-    found = _COLUMNS.get(ihl)
-    if found is None:
-        tcp = ihl >> 1
-        found = _COLUMNS[ihl] = np.array([2, 5, tcp + 6, tcp + 8])
-    return found
-
-
-def _flag_words(
-    full: int, flags: tuple[int, int, int], exact: bool, offset: int
-) -> tuple[Array, Array]:
-    """The TCP flags of each full segment, alone and as the 16-bit word they share with
-    the data ``offset`` byte (uint64 each), cached: one stream repeats them."""
-    key = (full, flags, exact, offset)
-    found = _FLAG_WORDS.get(key)
-    if found is None:
-        if len(_FLAG_WORDS) >= _CACHED:
-            _FLAG_WORDS.clear()
-        bits = np.full(full, flags[1], dtype=np.uint64)
-        bits[0] = flags[0]
-        if exact:
-            bits[-1] = flags[2]
-        found = _FLAG_WORDS[key] = (bits, bits + (offset << 8))
-    return found
-
-
-def _offsets(full: int, mss: int) -> Array:
-    """``arange(full) * mss`` as uint64, cached."""
-    key = (full, mss)
-    found = _OFFSETS.get(key)
-    if found is None:
-        if len(_OFFSETS) >= _CACHED:
-            _OFFSETS.clear()
-        found = _OFFSETS[key] = _index(full) * mss
-    return found
-
-
-def _tail(
-    packet: Packet, mss: int, out: memoryview, template: tuple[bytearray, int, int], last: int
-) -> int:
-    """Write the last, shorter segment (after the full ones, with TCP flags ``last``) at
-    ``out[0]`` through the scalar code, from the same template; returns its size."""
-    ihl = (packet[0] & 0x0F) << 2
-    full = (len(packet) - len(template[0])) // mss
-    segment = Segment(
-        packet[len(template[0]) + full * mss :],
-        ((packet[4] << 8 | packet[5]) + full) & 0xFFFF,
-        (int.from_bytes(packet[ihl + 4 : ihl + 8], "big") + full * mss) & 0xFFFFFFFF,
-        last,
+    if exact:
+        out[at + written - size + ihl + 13] = flags[2]
+        return size, written
+    template = (header, (ip_sum - size) % 0xFFFF, (tcp_sum - mss - flags[1]) % 0xFFFF)
+    tail = Segment(
+        packet[hlen + full * mss :], (ident + full) & 0xFFFF, (seq + full * mss) & _U32, flags[2]
     )
-    return write_segment(out, 0, template, segment)
+    return size, written + write_segment(out, at + written, template, tail)
+
+
+def _shared(
+    packet: Packet, ihl: int, hlen: int, size: int, middle: int
+) -> tuple[bytearray, int, int]:
+    """The headers every full segment starts from, and their sums (modulo 0xFFFF).
+
+    Total length and flags are those of a full middle segment; ID, checksums and the
+    sequence number are zero. The TCP sum includes the pseudo-header, with the length
+    of a full segment.
+    """
+    header = bytearray(packet[:hlen])
+    header[2:6] = size.to_bytes(2, "big") + b"\0\0"
+    header[10:12] = header[ihl + 16 : ihl + 18] = b"\0\0"
+    header[ihl + 4 : ihl + 8] = b"\0\0\0\0"
+    header[ihl + 13] = middle
+    ip_sum = int.from_bytes(header[:ihl], "big") % 0xFFFF
+    tcp_sum = int.from_bytes(header[ihl:], "big") + int.from_bytes(header[12:20], "big")
+    return header, ip_sum, (tcp_sum + TCP_PROTO + size - ihl) % 0xFFFF
+
+
+def _negated(full: int, mss: int, flags: tuple[int, int, int], exact: bool) -> Array:
+    """What the per-packet sums are subtracted from, per segment (cached per shape).
+
+    A ``(full, 2)`` uint64 array: a multiple of 0xFFFF (:data:`_BIG`) above any sum,
+    less, in the TCP column, the sequence step ``row * mss`` and the first and last
+    segments' flags beyond the template's. Everything is counted times 256: a checksum
+    computed so, written as a native (little-endian) 16-bit word, is the big-endian
+    checksum, as 256 * 256 is 1 modulo 0xFFFF.
+    """
+    key = (full, mss, flags, exact)
+    found = _NEGATED.get(key)
+    if found is None:
+        if len(_NEGATED) >= _CACHED:
+            _NEGATED.clear()
+        extra = np.arange(full, dtype=np.uint64) * mss
+        extra[0] += flags[0] - flags[1]
+        if exact:
+            extra[-1] += flags[2] - flags[1]
+        found = np.full((full, 2), _BIG, dtype=np.uint64)
+        found[:, 1] -= (extra % 0xFFFF) << 8
+        _NEGATED[key] = found
+    return found
+
+
+def _steps32(full: int, mss: int) -> Array:
+    """``row * mss`` modulo 2**32 as uint32 (cached): add the first sequence number and
+    uint32 arithmetic wraps as TCP's does."""
+    key = (full, mss)
+    found = _STEPS32.get(key)
+    if found is None:
+        if len(_STEPS32) >= _CACHED:
+            _STEPS32.clear()
+        found = _STEPS32[key] = (_index(full) * mss & _U32).astype(np.uint32)
+    return found
 
 
 def run_lengths(data: memoryview, segment: int) -> int:
