@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from pyflannel.backends.udp.offload import TCP_PSH, VNET_HDR_LEN, merge_headers, same_flow
 
 MAX_MERGED = 65535  # an IPv4 total length
@@ -30,7 +32,8 @@ Frame = tuple[list[bytes | bytearray | memoryview], int]
 @dataclass(slots=True)
 class _Run:
     head: memoryview  # the first segment, headers and payload
-    parts: list[memoryview]  # the payloads of every later segment
+    block: memoryview  # the payloads of every later segment, end to end
+    filled: int  # bytes of ``block`` in use
     segment: int  # bytes per segment, headers included
     hlen: int
     count: int
@@ -40,28 +43,40 @@ class _Run:
 
 
 class RunMerger:
-    """Pending run of one TCP flow, grown by the runs of later receives that continue it."""
+    """Pending run of one TCP flow, grown by the runs of later receives that continue it.
 
-    __slots__ = ("_run",)
+    The payloads after the head are copied end to end into one of two blocks (one NumPy
+    copy per receive), so that a frame is three buffers for the kernel rather than one
+    per segment. A frame handed back stays valid until the next call but one: the
+    blocks alternate between runs.
+    """
+
+    __slots__ = ("_blocks", "_run")
 
     def __init__(self) -> None:
         self._run: _Run | None = None
+        self._blocks = (memoryview(bytearray(MAX_MERGED)), memoryview(bytearray(MAX_MERGED)))
 
     def add(self, run: memoryview, segment: int, count: int) -> Frame | None:
         """Take ``count`` segments of ``segment`` bytes; returns a frame to write first, if any."""
         pending = self._run
         if pending is not None and self._continues(pending, run, segment, count):
             payload = segment - pending.hlen
-            pending.parts += [
-                run[at + pending.hlen : at + segment] for at in range(0, len(run), segment)
-            ]
+            pending.filled += _copy_payloads(
+                run[: count * segment], segment, pending.hlen, pending.block[pending.filled :]
+            )
             pending.count += count
             pending.total += count * payload
             pending.next_seq = (pending.next_seq + count * payload) & 0xFFFFFFFF
             pending.last_flags = run[(count - 1) * segment + 33]
             return None
         ready = self.flush()
-        self._run = _start(run, segment, count)
+        block = (
+            self._blocks[0]
+            if pending is None or pending.block is self._blocks[1]
+            else self._blocks[1]
+        )
+        self._run = _start(run, segment, count, block)
         return ready
 
     def flush(self) -> Frame | None:
@@ -76,7 +91,7 @@ class RunMerger:
         )
         header = bytearray(VNET_HDR_LEN)
         vnet.pack_into(header)
-        return [header, head, *pending.parts], pending.count
+        return [header, head, pending.block[: pending.filled]], pending.count
 
     @staticmethod
     def _continues(pending: _Run, run: memoryview, segment: int, count: int) -> bool:
@@ -90,11 +105,22 @@ class RunMerger:
         )
 
 
-def _start(run: memoryview, segment: int, count: int) -> _Run:
+def _start(run: memoryview, segment: int, count: int, block: memoryview) -> _Run:
     head = run[:segment]
     hlen = 20 + ((head[32] >> 4) << 2)
     payload = segment - hlen
-    parts = [run[at + hlen : at + segment] for at in range(segment, len(run), segment)]
+    filled = _copy_payloads(run[segment : count * segment], segment, hlen, block)
     seq = (int.from_bytes(head[24:28], "big") + count * payload) & 0xFFFFFFFF
     last_flags = run[(count - 1) * segment + 33]
-    return _Run(head, parts, segment, hlen, count, segment + (count - 1) * payload, seq, last_flags)
+    return _Run(head, block, filled, segment, hlen, count, segment + filled, seq, last_flags)
+
+
+def _copy_payloads(source: memoryview, segment: int, hlen: int, block: memoryview) -> int:
+    """Copy the payloads of the segments in ``source`` end to end to ``block``; returns
+    the bytes copied."""
+    rows = len(source) // segment
+    payload = segment - hlen
+    if rows:
+        copied = np.ndarray((rows, payload), np.uint8, source, hlen, (segment, 1))
+        np.ndarray((rows, payload), np.uint8, block)[:] = copied
+    return rows * payload

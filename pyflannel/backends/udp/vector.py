@@ -197,9 +197,9 @@ def run_lengths(data: memoryview, segment: int) -> int:
     diff = np.subtract(rows, _steps(count, words, payload), dtype=np.uint32)
     diff ^= diff[0]
     diff &= _compared_bits(words)
-    differ = np.flatnonzero(diff)
-    if not len(differ):
+    if not np.count_nonzero(diff):  # (cheaper than any())
         return count
+    differ = np.flatnonzero(diff)
     first = int(differ[0])
     run = first // words
     # A follower that differs from the head in PSH alone ends the run and belongs to it.
