@@ -252,6 +252,8 @@ class DataPath:
             counters.rx_packets += written
             counters.rx_writes += written
             counters.rx_bytes += written_bytes
+            if written:  # forward the kernel's answers (ACKs) without waiting a loop turn
+                self._from_tun()
 
     def _write_tun(self, pkt: bytes | memoryview) -> bool:
         try:

@@ -96,8 +96,10 @@ def segment_tcp4_vec(packet: Packet, mss: int, out: memoryview, at: int = 0) -> 
     last_seq = seq + (full - 1) * mss
     if last_seq > _U32:  # the sequence number wraps: 2**32 is 1 modulo 0xFFFF, not 0
         sums[(_U32 + 1 - seq + mss - 1) // mss :, 1] += 1 << 8
-    np.remainder(sums, 0xFFFF, out=sums)
-    rows.view(np.uint16)[:, [5, (ihl + 16) >> 1]] = sums  # native order: see _negated
+    # Both checksum fields of every segment, as one strided view (native order: see
+    # _negated); the remainder goes straight there.
+    fields = np.ndarray((full, 2), np.uint16, out, at + 10, (size, ihl + 6))
+    np.remainder(sums, 0xFFFF, out=fields, casting="unsafe")
     rows.view(_BE16)[:, 2] = _IDS[ident : ident + full]
     numbers = np.ndarray((full,), _BE32, out, at + ihl + 4, (size,))
     np.add(_steps32(full, mss), np.uint32(seq), out=numbers)
