@@ -22,6 +22,7 @@ Peers need none of this: a peer running flanneld receives ordinary datagrams.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import socket
@@ -63,6 +64,13 @@ MERGE_MIN = 128  # smaller datagrams (ACKs) are written one by one: merging save
 def segments_per_send(size: int) -> int:
     """How many datagrams of ``size`` bytes one ``UDP_SEGMENT`` send may carry."""
     return max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+
+
+@functools.lru_cache(maxsize=64)
+def _segmenting(size: int) -> tuple[int, list[tuple[int, int, bytes]]]:
+    """Bytes per ``UDP_SEGMENT`` send of ``size``-byte datagrams, and its control message."""
+    option = [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+    return size * segments_per_send(size), option
 
 
 def enable_socket_offloads(sock: socket.socket) -> tuple[bool, bool]:
@@ -189,13 +197,12 @@ class BatchedPath(DataPath):
 
     def _send_run(self, data: memoryview, size: int, hop: tuple[str, int]) -> None:
         """Send packets of ``size`` bytes laid end to end (the last may be shorter)."""
-        per_send = size * segments_per_send(size)
+        per_send, option = _segmenting(size)
         for start in range(0, len(data), per_send):
             chunk = data[start : start + per_send]
             if len(chunk) <= size:
                 self._send(chunk, hop, 1, None)
                 continue
-            option = [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
             if not self._send(chunk, hop, -(-len(chunk) // size), option):
                 # The kernel refused the batch (say the path MTU shrank below the segment
                 # size): send packet by packet, which it may still fragment.
