@@ -25,6 +25,8 @@ buffer they are given.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -322,17 +324,23 @@ def same_flow(first: Packet, other: Packet, hlen: int) -> bool:
     return not differ & mask & ~(0xFFFFFFFF << seq_at)
 
 
-def merge_headers(first: memoryview, total: int, last_flags: int, mss: int) -> VnetHeader:
+def merge_headers(first: memoryview, total: int, last_flags: int, mss: int) -> bytes:
     """Turn ``first``'s headers into those of a ``total``-byte super-packet, in place.
 
     The IP total length and checksum are rewritten, PSH is taken from the last segment,
     and the TCP checksum field gets the pseudo-header sum the kernel expects with
-    NEEDS_CSUM. Returns the virtio-net header to write before the super-packet.
+    NEEDS_CSUM. Returns the virtio-net header to write before the super-packet, packed.
     """
-    thl = (first[32] >> 4) << 2
     first[2:4] = total.to_bytes(2, "big")
     first[10:12] = ipv4_header_checksum(first[:20]).to_bytes(2, "big")
     first[33] |= last_flags & TCP_PSH
     partial = pseudo_header_sum(first, TCP_PROTO, total - 20) or 0xFFFF
     first[36:38] = partial.to_bytes(2, "big")
-    return VnetHeader(F_NEEDS_CSUM, GSO_TCPV4, 20 + thl, mss, 20, TCP_CSUM_OFFSET)
+    return _tcp4_gso_header(20 + ((first[32] >> 4) << 2), mss)
+
+
+@functools.lru_cache(maxsize=64)
+def _tcp4_gso_header(hdr_len: int, mss: int) -> bytes:
+    """The packed virtio-net header of a TCP/IPv4 super-packet (one stream repeats it)."""
+    header = VnetHeader(F_NEEDS_CSUM, GSO_TCPV4, hdr_len, mss, 20, TCP_CSUM_OFFSET)
+    return VNET_HDR.pack(*dataclasses.astuple(header))

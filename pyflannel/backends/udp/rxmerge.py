@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pyflannel.backends.udp.offload import TCP_PSH, VNET_HDR_LEN, merge_headers, same_flow
+from pyflannel.backends.udp.offload import TCP_PSH, merge_headers, same_flow
 
 MAX_MERGED = 65535  # an IPv4 total length
 
@@ -86,11 +86,8 @@ class RunMerger:
             return None
         head = pending.head
         head[8] -= 1  # the TTL (checked above 1); merge_headers recomputes the checksum
-        vnet = merge_headers(
-            head, pending.total, pending.last_flags, pending.segment - pending.hlen
-        )
-        header = bytearray(VNET_HDR_LEN)
-        vnet.pack_into(header)
+        mss = pending.segment - pending.hlen
+        header = merge_headers(head, pending.total, pending.last_flags, mss)
         return [header, head, pending.block[: pending.filled]], pending.count
 
     @staticmethod
