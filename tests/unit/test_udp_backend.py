@@ -44,6 +44,10 @@ def test_defaults() -> None:
         ('{"Type":"udp","port":65536}', "Backend.Port"),
         ('{"Type":"udp","Offload":"yes"}', "Backend.Offload"),
         ('{"Type":"udp","AcceptUnknownPeers":1}', "Backend.AcceptUnknownPeers"),
+        ('{"Type":"udp","GROHold":"1ms"}', "Backend.GROHold"),
+        ('{"Type":"udp","GROHold":-1}', "Backend.GROHold"),
+        ('{"Type":"udp","GROHold":10001}', "Backend.GROHold"),
+        ('{"Type":"udp","GROHold":true}', "Backend.GROHold"),
     ],
 )
 def test_bad_options_are_config_errors_naming_the_key(backend: str, key: str) -> None:
@@ -52,7 +56,9 @@ def test_bad_options_are_config_errors_naming_the_key(backend: str, key: str) ->
 
 
 def test_options_match_case_insensitively() -> None:
-    UdpBackend(context('{"type":"udp","PORT":9000,"offload":false,"acceptunknownpeers":true}'))
+    UdpBackend(
+        context('{"type":"udp","PORT":9000,"offload":false,"acceptunknownpeers":true,"grohold":0}')
+    )
 
 
 def test_icmp_errors_come_from_the_network_address() -> None:

@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8285
 ENCAP_OVERHEAD = 28  # outer IPv4 header + UDP header
+GRO_HOLD_US = 1000  # plain path: how long GRO may hold a TCP segment written to flannel0
+GRO_HOLD_MAX_US = 10_000
 
 
 def _int_option(config: NetworkConfig, name: str, default: int) -> int:
@@ -73,6 +75,16 @@ def _int_option(config: NetworkConfig, name: str, default: int) -> int:
         raise ConfigError(
             f"network config: Backend.{name} {value!r} is invalid: "
             "it must be an integer port number from 1 to 65535"
+        )
+    return value
+
+
+def _hold_option(config: NetworkConfig) -> int:
+    value: Any = config.backend_option("GROHold", GRO_HOLD_US)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= GRO_HOLD_MAX_US:
+        raise ConfigError(
+            f"network config: Backend.GROHold {value!r} is invalid: it must be a whole "
+            f"number of microseconds from 0 (off) to {GRO_HOLD_MAX_US}"
         )
     return value
 
@@ -94,6 +106,7 @@ class UdpBackend:
         self._port = _int_option(ctx.config, "Port", DEFAULT_PORT)
         self._accept_unknown = _bool_option(ctx.config, "AcceptUnknownPeers", False)
         self._offload = _bool_option(ctx.config, "Offload", True)
+        self._gro_hold = _hold_option(ctx.config)
         self._mtu = ctx.iface.mtu - ENCAP_OVERHEAD
         self._tun: tundev.Tun | None = None
         self._sock: socket.socket | None = None
@@ -107,10 +120,13 @@ class UdpBackend:
         except OSError as exc:
             raise BackendError(f"cannot listen on UDP {iface_addr}:{self._port}: {exc}") from exc
         batching = self._offload and self._can_batch(self._sock)
+        napi = bool(not batching and self._gro_hold and tundev.kernel_features() & tundev.IFF_NAPI)
         self._tun = tundev.open_tun(
-            vnet_hdr=batching, offloads=tundev.TUN_F_CSUM | tundev.TUN_F_TSO4
+            vnet_hdr=batching, offloads=tundev.TUN_F_CSUM | tundev.TUN_F_TSO4, napi=napi
         )
         await tundev.prepare_link(self._tun.name, self._mtu, gso_max_segs=self._tso_segments())
+        if napi:
+            tundev.hold_gro(self._tun.name, self._gro_hold * 1000)
         logger.info(
             "udp backend: %s (MTU %d), UDP %s:%d, %s",
             self._tun.name,
@@ -199,7 +215,8 @@ def _describe(tun: tundev.Tun, wanted: bool) -> str:
     if tun.vnet_hdr:
         tso = "TSO" if tun.offloads & tundev.TUN_F_TSO4 else "no TSO"
         return f"offloads on ({tso} on the TUN, UDP_SEGMENT and UDP_GRO on the socket)"
-    return "offloads off" + ("" if wanted else " (Offload: false)")
+    napi = ", GRO on the TUN" if tun.napi else ""
+    return "offloads off" + ("" if wanted else " (Offload: false)") + napi
 
 
 def _log_change(subnet: IPv4Network, peer: IPv4Address | None) -> None:

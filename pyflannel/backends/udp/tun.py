@@ -33,6 +33,7 @@ TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
+IFF_NAPI = 0x0010
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
@@ -49,6 +50,7 @@ class Tun:
     name: str
     vnet_hdr: bool = False
     offloads: int = 0
+    napi: bool = False
 
 
 def kernel_features() -> int:
@@ -66,17 +68,21 @@ def kernel_features() -> int:
         os.close(fd)
 
 
-def open_tun(pattern: str = "flannel%d", *, vnet_hdr: bool = False, offloads: int = 0) -> Tun:
-    """Open a non-blocking TUN (IFF_TUN|IFF_NO_PI, plus IFF_VNET_HDR when asked).
+def open_tun(
+    pattern: str = "flannel%d", *, vnet_hdr: bool = False, offloads: int = 0, napi: bool = False
+) -> Tun:
+    """Open a non-blocking TUN (IFF_TUN|IFF_NO_PI, plus IFF_VNET_HDR and IFF_NAPI when
+    asked).
 
     ``offloads`` (TUN_F_* flags) are requested with TUNSETOFFLOAD; a kernel that refuses
     them leaves a working device without offloads (``Tun.offloads`` says what stuck).
+    With ``napi``, packets written go through the kernel's GRO, as from a NIC.
     """
     try:
         fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise BackendError(f"cannot open {TUN_PATH}: {exc} (is the tun module loaded?)") from exc
-    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0) | (IFF_NAPI if napi else 0)
     try:
         ifreq = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", pattern.encode(), flags))
         if vnet_hdr:
@@ -86,7 +92,7 @@ def open_tun(pattern: str = "flannel%d", *, vnet_hdr: bool = False, offloads: in
         raise BackendError(f"cannot create TUN device {pattern!r}: {exc}") from exc
     name = ifreq[:16].rstrip(b"\0").decode()
     accepted = _set_offloads(fd, name, offloads) if vnet_hdr else 0
-    return Tun(fd, name, vnet_hdr, accepted)
+    return Tun(fd, name, vnet_hdr, accepted, napi)
 
 
 def _set_offloads(fd: int, name: str, offloads: int) -> int:
@@ -108,6 +114,24 @@ def disable_ipv6(name: str) -> None:
         return
     except OSError as exc:
         logger.warning("could not disable IPv6 on %s: %s", name, exc)
+
+
+def hold_gro(name: str, nanoseconds: int) -> bool:
+    """Let GRO hold packets written to a NAPI TUN for up to ``nanoseconds``.
+
+    By default the kernel ends GRO after every write (one write, one poll), so nothing
+    merges. With a flush timeout it keeps what it merged across writes until a segment
+    with PSH, a full 64 KiB, or the timeout: the TCP receiver then takes (and ACKs) a
+    few large packets instead of many small ones. Only TCP is held; a lone segment
+    waits at most the timeout. False when sysfs does not show the device.
+    """
+    try:
+        with open(f"/sys/class/net/{name}/gro_flush_timeout", "w") as knob:
+            knob.write(str(nanoseconds))
+    except OSError as exc:
+        logger.info("TUN %s: GRO flush timeout not set (%s); packets are not merged", name, exc)
+        return False
+    return True
 
 
 async def prepare_link(name: str, mtu: int, *, gso_max_segs: int | None = None) -> None:
