@@ -175,6 +175,7 @@ class DataPath:
         fd, buffers, view = self._tun.fd, [self._out], memoryview(self._out)
         lookup, sendto = self.routes.lookup, self._sock.sendto
         sent = sent_bytes = 0
+        last = hop = None  # the previous destination and its next hop: a stream repeats them
         try:
             for _ in range(BUDGET):
                 try:
@@ -187,7 +188,9 @@ class DataPath:
                 if size < IPV4_HEADER_MIN or view[0] >> 4 != 4 or view[8] <= 1:
                     self.counters.drop(check_outbound(view[:size]))
                     continue
-                hop = lookup(int.from_bytes(view[16:20], "big"))
+                dst = view[16:20].tobytes()
+                if dst != last:
+                    last, hop = dst, lookup(int.from_bytes(dst, "big"))
                 if hop is None:
                     self._unreachable(view[:size])
                     continue
@@ -236,10 +239,18 @@ class DataPath:
                     counters.drops[Verdict.UNKNOWN_PEER] += 1
                     continue
                 pkt = view[:size]
-                verdict = check_inbound(pkt, network, netmask)
-                if verdict:
-                    counters.drops[verdict] += 1
-                    continue
+                if (  # check_inbound's checks for a header without options, inlined
+                    size < IPV4_HEADER_MIN
+                    or view[0] != 0x45
+                    or (view[2] << 8 | view[3]) != size
+                    or int.from_bytes(view[:IPV4_HEADER_MIN], "big") % 0xFFFF
+                    or int.from_bytes(view[16:20], "big") & netmask != network
+                    or view[8] <= 1
+                ):
+                    verdict = check_inbound(pkt, network, netmask)
+                    if verdict:
+                        counters.drops[verdict] += 1
+                        continue
                 decrement_ttl(pkt)
                 try:
                     os.write(fd, pkt)
