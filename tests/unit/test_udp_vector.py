@@ -18,7 +18,7 @@ from pyflannel.backends.udp.offload import (
     segment_tcp4,
     segmented_size,
 )
-from pyflannel.backends.udp.vector import run_lengths, segment_tcp4_vec
+from pyflannel.backends.udp.vector import group_key, run_lengths, segment_group, segment_tcp4_vec
 
 FLAGS = st.sampled_from(
     [TCP_ACK, TCP_ACK | TCP_PSH, TCP_ACK | TCP_PSH | TCP_FIN, TCP_ACK | TCP_CWR | TCP_PSH]
@@ -60,6 +60,65 @@ def test_a_full_super_packet_with_wrapping_id_and_sequence() -> None:
 def test_no_room_is_refused_like_the_scalar_path() -> None:
     with pytest.raises(ValueError):
         segment_tcp4_vec(tcp_packet(b"x" * 3000), 1000, memoryview(bytearray(3000)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(2, 4),
+    segments=st.integers(2, 12),
+    mss=st.sampled_from([1420, 1448, 1000, 64, 6]),
+    seq=st.integers(0, 0xFFFFFFFF),
+    ident=st.integers(0, 0xFFFF),
+    running=st.booleans(),
+    flags=FLAGS,
+    seed=st.integers(0, 255),
+)
+def test_a_group_is_cut_as_each_of_its_packets_alone(
+    *,
+    count: int,
+    segments: int,
+    mss: int,
+    seq: int,
+    ident: int,
+    running: bool,
+    flags: int,
+    seed: int,
+) -> None:
+    """IDs and sequence numbers that run on from packet to packet (as Linux sends them),
+    or that do not; wrapping or not; one stride apart in a buffer of slots."""
+    stride, payload = 70000, mss * segments
+    slots, packets = bytearray(stride * count), list[bytes]()
+    for index in range(count):
+        step = segments if running else 7 * index + 1
+        packet = tcp_packet(
+            bytes((seed + index + i) & 0xFF for i in range(payload)),
+            seq=(seq + index * (payload if running else 12345)) & 0xFFFFFFFF,
+            ident=(ident + index * step) & 0xFFFF,
+            flags=flags,
+            partial=True,
+        )
+        assert group_key(packet, mss) == group_key(packets[0] if packets else packet, mss)
+        slots[index * stride : index * stride + len(packet)] = packet
+        packets.append(packet)
+    out = bytearray(count * segmented_size(payload, mss, 52) + 3)
+    layout = (count, stride, len(packets[0]))
+    span = segment_group(memoryview(slots), layout, mss, memoryview(out))
+    assert span == segmented_size(payload, mss, 52)
+    for index, packet in enumerate(packets):
+        alone = bytearray(span)
+        segment_tcp4(memoryview(packet), mss, memoryview(alone))
+        assert out[index * span : (index + 1) * span] == alone, index
+    assert out[count * span :] == bytes(3)
+
+
+def test_only_whole_numbers_of_even_segments_are_grouped() -> None:
+    packet = tcp_packet(b"x" * 3000, flags=TCP_ACK)
+    assert group_key(packet, 1000) == (len(packet), 1000, 52 << 8 | 20, TCP_ACK)
+    assert group_key(packet, 1500) is not None
+    assert group_key(packet, 999) is None  # a shorter last segment
+    assert group_key(tcp_packet(b"x" * 3001, flags=TCP_ACK), 1000) is None
+    assert group_key(tcp_packet(b"x" * 1000, flags=TCP_ACK), 1000) is None  # one segment
+    assert group_key(tcp_packet(b"x" * 21, flags=TCP_ACK), 7) is None  # odd
 
 
 def stream(count: int, mss: int = 1000, *, seq: int = 0x10000000, sport: int = 40000) -> bytes:

@@ -47,7 +47,12 @@ from pyflannel.backends.udp.packet import (
 )
 from pyflannel.backends.udp.proxy import BUDGET, BUFFER_SIZE, DataPath
 from pyflannel.backends.udp.rxmerge import RunMerger
-from pyflannel.backends.udp.vector import run_lengths, segment_tcp4_vec
+from pyflannel.backends.udp.vector import (
+    group_key,
+    run_lengths,
+    segment_group,
+    segment_tcp4_vec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS before Linux 6.9 (128 since)
 GSO_MAX_BYTES = 65507  # the most one IPv4 UDP send may carry, segmented or not
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+SLOTS = 4  # super-packets read before they are cut together (vector.segment_group)
 RX_RING = 4 * BUFFER_SIZE  # receive buffers a merged run may span (a run is ≤ 64 KiB)
 MERGE_MIN = 128  # smaller datagrams (ACKs) are written one by one: merging saves nothing
 
@@ -113,7 +119,12 @@ class BatchedPath(DataPath):
         """Room for a gathered batch, a cut super-packet and a ring of GRO receives."""
         self._vnet = bytearray(VNET_HDR_LEN)
         self._batch_view = memoryview(bytearray(GSO_MAX_BYTES + BUFFER_SIZE))
-        self._segments = memoryview(bytearray(BUFFER_SIZE * 2))
+        self._segments = memoryview(bytearray(SLOTS * BUFFER_SIZE * 2))
+        self._slots = memoryview(bytearray(SLOTS * BUFFER_SIZE))
+        self._streaming = False  # the last frame was a super-packet: read the next to a slot
+        self._group: list[tuple[str, int]] = []  # the hops of the super-packets in slots
+        self._group_key: tuple[int, int, int, int] | None = None
+        self._group_mss = 0
         self._fill = 0  # bytes gathered in _batch, all for _hop
         self._count = 0
         self._size = 0  # the segment size of the gathered packets
@@ -123,22 +134,27 @@ class BatchedPath(DataPath):
         self._merger = RunMerger()
 
     def _from_tun(self) -> None:
-        """Read frames straight into the gathering buffer, behind what is gathered."""
+        """Read frames straight where they are used: behind what is gathered, or, while a
+        stream's super-packets come in a row, into the next slot of the group."""
         header = self._vnet
-        view = self._batch_view
         try:
             for _ in range(BUDGET):
-                fill = self._fill
+                if self._streaming:
+                    at = len(self._group) * BUFFER_SIZE
+                    into = self._slots[at : at + BUFFER_SIZE]
+                else:
+                    into = self._batch_view[self._fill : self._fill + BUFFER_SIZE]
                 try:
-                    size = os.readv(self._tun.fd, [header, view[fill : fill + BUFFER_SIZE]])
+                    size = os.readv(self._tun.fd, [header, into])
                 except BlockingIOError:
                     return
                 except OSError as exc:
                     self.counters.error(Verdict.UNSUPPORTED, exc)
                     return
                 if size > VNET_HDR_LEN:
-                    self._frame_out(view[fill : fill + size - VNET_HDR_LEN])
+                    self._frame_out(into[: size - VNET_HDR_LEN])
         finally:
+            self._cut_group()
             self._flush()
 
     def _frame_out(self, pkt: memoryview) -> None:
@@ -153,14 +169,50 @@ class BatchedPath(DataPath):
         flags, gso_type, _hlen, gso_size, csum_start, csum_offset = VNET_HDR.unpack(self._vnet)
         decrement_ttl(pkt)
         if gso_type == GSO_NONE:
+            if self._streaming:  # read into a slot: move it behind what is gathered
+                self._streaming = False
+                self._cut_group()
+                fill = self._fill
+                self._batch_view[fill : fill + len(pkt)] = pkt
+                pkt = self._batch_view[fill : fill + len(pkt)]
             if flags & F_NEEDS_CSUM:
                 complete_checksum(pkt, csum_start, csum_offset)
             self._gather(len(pkt), hop)
         elif gso_type & ~GSO_ECN == GSO_TCPV4 and gso_size:
             self._flush()
-            self._segment(pkt, gso_size, hop)
+            self._super_packet(pkt, gso_size, hop)
         else:
             self.counters.drop(Verdict.UNSUPPORTED)
+
+    def _super_packet(self, pkt: memoryview, mss: int, hop: tuple[str, int]) -> None:
+        """Join the group in the slots, or be cut alone (after the group, to keep order)."""
+        key = group_key(pkt, mss) if self._streaming else None
+        if key is None or (self._group and key != self._group_key):
+            self._cut_group()
+            self._segment(pkt, mss, hop)
+            self._streaming = True
+            return
+        self._group.append(hop)
+        self._group_key, self._group_mss = key, mss
+        if len(self._group) == SLOTS:
+            self._cut_group()
+
+    def _cut_group(self) -> None:
+        """Cut and send the super-packets waiting in the slots."""
+        group, key = self._group, self._group_key
+        if not group or key is None:
+            return
+        length, mss = key[0], self._group_mss
+        if len(group) == 1:
+            self._segment(self._slots[:length], mss, group[0])
+        else:
+            span = segment_group(
+                self._slots, (len(group), BUFFER_SIZE, length), mss, self._segments
+            )
+            size = (key[2] >> 8) + mss
+            for index, hop in enumerate(group):
+                self._send_run(self._segments[index * span : (index + 1) * span], size, hop)
+        group.clear()
 
     def _gather(self, size: int, hop: tuple[str, int]) -> None:
         """Add the packet just read (at the gathering offset) to the batch."""

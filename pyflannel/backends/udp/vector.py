@@ -45,6 +45,7 @@ _ALL_IDS = np.arange(0x10000 + 0x10000, dtype=np.uint64) & 0xFFFF  # any ID, the
 _IDS = _ALL_IDS.astype(_BE16)  # as written
 _IDS_SHIFTED = _ALL_IDS << 8  # as summed (see _negated)
 _U32 = 0xFFFFFFFF
+Layout = tuple[int, int, int]  # packets, bytes from one to the next, bytes each
 _CACHED = 256  # entries per cache of shapes; cleared when full
 _COMPARED: dict[int, Array] = {}
 _STEPS: dict[tuple[int, int, int], Array] = {}
@@ -113,6 +114,85 @@ def segment_tcp4_vec(packet: Packet, mss: int, out: memoryview, at: int = 0) -> 
         packet[hlen + full * mss :], (ident + full) & 0xFFFF, (seq + full * mss) & _U32, flags[2]
     )
     return size, written + write_segment(out, at + written, template, tail)
+
+
+def group_key(packet: Packet, mss: int) -> tuple[int, int, int, int] | None:
+    """What super-packets cut together by :func:`segment_group` must share, or None when
+    ``packet`` is not for it (an odd ``mss``, one segment, or a shorter last one)."""
+    ihl = (packet[0] & 0x0F) << 2
+    hlen = ihl + ((packet[ihl + 12] >> 4) << 2)
+    payload = len(packet) - hlen
+    if mss & 1 or payload < 2 * mss or payload % mss:
+        return None
+    return len(packet), mss, hlen << 8 | ihl, packet[ihl + 13]
+
+
+def segment_group(packets: memoryview, layout: Layout, mss: int, out: memoryview) -> int:
+    """:func:`segment_tcp4_vec` for several super-packets at once, with about as many NumPy
+    calls as for one: a TCP stream hands over its super-packets in a row.
+
+    ``layout`` is ``(count, stride, length)``: ``count`` packets of ``length`` bytes,
+    ``stride`` bytes apart in ``packets``, with one :func:`group_key`. Packet ``j``'s
+    segments go to ``out[j * span:]``; returns ``span``, the bytes of one packet's
+    segments. The rows of all segments form one ``(count, full, size)`` array, and what
+    differs between the packets is a column of per-packet values.
+    """
+    count, stride, length = layout
+    ihl = (packets[0] & 0x0F) << 2
+    hlen = ihl + ((packets[ihl + 12] >> 4) << 2)
+    full = (length - hlen) // mss
+    size = hlen + mss
+    span = full * size
+    flags = _flag_sequence(packets[ihl + 13], full - 1)
+    headers, ip_sums, starts, idents, seqs = [], [], [], [], []
+    for base in range(0, count * stride, stride):
+        packet = packets[base : base + length]
+        header, ip_sum, tcp_sum = _shared(packet, ihl, hlen, size, flags[1])
+        seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
+        headers.append(header)
+        ip_sums.append(ip_sum << 8)
+        starts.append(((tcp_sum + seq) % 0xFFFF) << 8)
+        idents.append(packet[4] << 8 | packet[5])
+        seqs.append(seq)
+    rows = np.ndarray((count, full, size), np.uint8, out, 0, (span, size, 1))
+    body = np.ndarray((count, full, mss), np.uint8, packets, hlen, (stride, mss, 1))
+    rows[:, :, :hlen] = np.frombuffer(b"".join(headers), np.uint8).reshape(count, 1, hlen)
+    rows[:, :, hlen:] = body
+    shifted, written = _id_columns(idents, full)
+    sums = np.empty((count, full, 2), np.uint64)  # per segment: IP sum, TCP sum (x 256)
+    one_ip = ip_sums.count(ip_sums[0]) == count  # one flow: equal IP headers but the ID
+    ip_part = ip_sums[0] if one_ip else np.array(ip_sums, np.uint64)[:, None]
+    np.add(shifted, ip_part, out=sums[:, :, 0])
+    words = body.view(np.uint32 if mss & 3 == 0 else np.uint16)
+    np.add.reduce(words, axis=2, dtype=np.uint64, out=sums[:, :, 1])
+    sums[:, :, 1] += np.array(starts, np.uint64)[:, None]
+    np.subtract(_negated(full, mss, flags, True), sums, out=sums)
+    for index, seq in enumerate(seqs):
+        if seq + (full - 1) * mss > _U32:  # it wraps: 2**32 is 1 modulo 0xFFFF, not 0
+            sums[index, (_U32 + 1 - seq + mss - 1) // mss :, 1] += 1 << 8
+    fields = np.ndarray((count, full, 2), np.uint16, out, 10, (span, size, ihl + 6))
+    np.remainder(sums, 0xFFFF, out=fields, casting="unsafe")  # native order: see _negated
+    np.ndarray((count, full), _BE16, out, 4, (span, size))[:] = written
+    numbers = np.ndarray((count, full), _BE32, out, ihl + 4, (span, size))
+    if seqs == [(seqs[0] + j * full * mss) & _U32 for j in range(count)]:  # one run
+        np.add(_steps32(count * full, mss).reshape(count, full), np.uint32(seqs[0]), out=numbers)
+    else:
+        np.add(_steps32(full, mss), np.array(seqs, np.uint32)[:, None], out=numbers)
+    for base in range(ihl + 13, count * span, span):
+        out[base] = flags[0]
+        out[base + span - size] = flags[2]
+    return span
+
+
+def _id_columns(idents: list[int], full: int) -> tuple[Array, Array]:
+    """Each segment's IP ID, as summed and as written (``(count, full)`` each): views of
+    the tables when the IDs run on from packet to packet, as Linux numbers them."""
+    first, count = idents[0], len(idents)
+    if idents == [(first + j * full) & 0xFFFF for j in range(count)]:
+        run = slice(first, first + count * full)
+        return _IDS_SHIFTED[run].reshape(count, full), _IDS[run].reshape(count, full)
+    index = np.add.outer(np.array(idents, np.intp), np.arange(full, dtype=np.intp))
+    return _IDS_SHIFTED[index], _IDS[index]
 
 
 def _shared(
