@@ -8,7 +8,9 @@ count and time, and parsed here with a few lines of Python.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import struct
 import subprocess
 import sys
@@ -59,7 +61,7 @@ for payload in sys.argv[4:]:
 """
 
 TCP_SINK = """
-import socket, sys
+import hashlib, socket, sys
 srv = socket.socket()
 srv.bind((sys.argv[1], 5000))
 srv.listen(1)
@@ -67,18 +69,25 @@ srv.settimeout(20)
 print("ready", flush=True)
 conn, _ = srv.accept()
 conn.settimeout(20)
-total = 0
+total, digest = 0, hashlib.sha256()
 while chunk := conn.recv(65536):
     total += len(chunk)
-print(total, flush=True)
+    digest.update(chunk)
+print(total, digest.hexdigest(), flush=True)
 """
 
 TCP_SOURCE = """
-import socket, sys
+import random, socket, sys
 sock = socket.create_connection((sys.argv[1], 5000), timeout=20)
-sock.sendall(b"\\x5a" * int(sys.argv[2]))
+sock.sendall(random.Random(7).randbytes(int(sys.argv[2])))
 sock.close()
 """
+
+
+def received(size: int) -> str:
+    """What the sink prints for TCP_SOURCE's ``size`` bytes: a stream merged, cut or
+    reordered wrongly on the way would not hash the same."""
+    return f"{size} {hashlib.sha256(random.Random(7).randbytes(size)).hexdigest()}"
 
 
 def inner_udp(src: str, dst: str, payload: bytes, *, ttl: int = 64, dport: int = 9999) -> bytes:
@@ -289,7 +298,7 @@ def test_a_tcp_stream_leaves_one_valid_packet_per_datagram(
         wire_pcap = tmp_path / "wire.pcap"
         on_wire = capture(receiver.ns, wire_pcap, 300, f"udp and src host {sender.ip}")
         first.ns.run(PYTHON, "-c", TCP_SOURCE, second.ip, str(2_000_000), timeout=30)
-        assert finish(sink).strip() == "2000000"
+        assert finish(sink).strip() == received(2_000_000)
         finish(on_wire)
     finally:
         sender.ns.ip("link", "set", "eth0", "gso_max_segs", "65535")
@@ -313,16 +322,26 @@ def test_a_tcp_stream_leaves_one_valid_packet_per_datagram(
         assert sent["tx_packets"] == sent["tx_sends"], sent
 
 
+STREAM = 20_000_000  # some 0.1 s: long enough for pings to fall between its packets
+
+
 def test_a_tcp_stream_is_written_to_the_tun_in_few_writes(cluster: Cluster) -> None:
     """Datagrams received together are merged back into TCP super-packets: by the batched
     path before its writes, by the kernel's GRO after the plain path's."""
     first, second = cluster.containers
     before = cluster.nodes[1].stats()
     sink = popen_ready(second.ns, PYTHON, "-c", TCP_SINK, second.ip)
-    first.ns.run(PYTHON, "-c", TCP_SOURCE, second.ip, str(2_000_000), timeout=30)
-    assert finish(sink).strip() == "2000000"
+    # Pings between the stream's super-packets: the sender switches from cutting a group
+    # of super-packets to gathering single packets and back, in order.
+    pings = first.ns.popen(
+        "ping", "-q", "-n", "-c", "40", "-i", "0.005", "-W", "2", second.ip,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first.ns.run(PYTHON, "-c", TCP_SOURCE, second.ip, str(STREAM), timeout=30)
+    assert finish(sink).strip() == received(STREAM)
+    assert " 0% packet loss" in finish(pings), "pings lost beside the stream"
     got = delta(cluster.nodes[1], before)
-    assert got["rx_packets"] >= 2_000_000 // (OVERLAY_MTU - 52)
+    assert got["rx_packets"] >= STREAM // (OVERLAY_MTU - 52)
     if cluster.offload:
         assert got["rx_packets"] > 4 * got["rx_writes"], got
     else:
@@ -344,7 +363,7 @@ def test_a_path_mtu_below_the_segment_size_still_carries_traffic(cluster: Cluste
     try:
         sink = popen_ready(second.ns, PYTHON, "-c", TCP_SINK, second.ip)
         first.ns.run(PYTHON, "-c", TCP_SOURCE, second.ip, str(500_000), timeout=30)
-        assert finish(sink).strip() == "500000"
+        assert finish(sink).strip() == received(500_000)
     finally:
         sender.ns.ip("route", "del", f"{receiver.ip}/32", "dev", "eth0")
     sent = delta(cluster.nodes[0], before)
