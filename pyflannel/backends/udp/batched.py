@@ -113,8 +113,6 @@ class BatchedPath(DataPath):
     receives, for one TUN write each.
     """
 
-    CONNECTED_PEERS = False  # one send per 44 packets: the address costs nothing here
-
     def _allocate(self) -> None:
         """Room for a gathered batch, a cut super-packet and a ring of GRO receives."""
         self._vnet = bytearray(VNET_HDR_LEN)
@@ -271,8 +269,11 @@ class BatchedPath(DataPath):
         option: list[tuple[int, int, bytes]] | None,
     ) -> bool:
         """One send of ``count`` packets; False only when a segmented send was refused."""
+        peer = self._peer_socks.get(hop[0]) if self._peer_socks is not None else None
         try:
-            if option is None:
+            if peer is not None:
+                peer.sendmsg([data], option or ())
+            elif option is None:
                 self._sock.sendto(data, hop)
             else:
                 self._sock.sendmsg([data], option, 0, hop)
@@ -290,8 +291,18 @@ class BatchedPath(DataPath):
         self.counters.tx_bytes += len(data)
         return True
 
+    def _prepare_peer_socket(self, sock: socket.socket) -> None:
+        super()._prepare_peer_socket(sock)
+        enable_socket_offloads(sock)
+
     def _from_udp(self) -> None:
-        """Drain the socket into a ring of receive buffers, merging runs across receives.
+        self._receive(self._sock, not self._accept_unknown)
+
+    def _from_peer(self, sock: socket.socket) -> None:
+        self._receive(sock, False)
+
+    def _receive(self, sock: socket.socket, check_source: bool) -> None:
+        """Drain ``sock`` into a ring of receive buffers, merging runs across receives.
 
         A run kept pending by the merger points into the ring, so the ring is flushed
         before it wraps, and at the end of every drain. What the kernel answered to the
@@ -307,16 +318,19 @@ class BatchedPath(DataPath):
                     self._flush_merged()
                     fill = 0
                 try:
-                    size, ancillary, _flags, (source, _port) = self._sock.recvmsg_into(
+                    size, ancillary, _flags, (source, _port) = sock.recvmsg_into(
                         [view[fill : fill + BUFFER_SIZE]], GRO_CMSG_SPACE
                     )
                 except BlockingIOError:
                     return
+                except ConnectionRefusedError as exc:  # an ICMP error for a peer socket
+                    self.counters.note(exc)
+                    continue
                 except OSError as exc:
                     self.counters.error(Verdict.UNSUPPORTED, exc)
                     return
                 segment = _gro_size(ancillary) or size
-                if not self._accept_unknown and not self.routes.holds_lease(source):
+                if check_source and not self.routes.holds_lease(source):
                     self.counters.drops[Verdict.UNKNOWN_PEER] += -(-size // segment)
                     continue
                 self._deliver(view[fill : fill + size], segment)

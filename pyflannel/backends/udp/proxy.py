@@ -124,8 +124,6 @@ class DataPath:
     datagrams from anyone else through the main socket.
     """
 
-    CONNECTED_PEERS = True
-
     def __init__(
         self,
         tun: Tun,
@@ -175,9 +173,10 @@ class DataPath:
         self._loop.add_reader(self._tun.fd, self._from_tun)
         self._loop.add_reader(self._sock.fileno(), self._from_udp)
         self._report = self._loop.call_later(STATS_INTERVAL, self._log_counters)
-        if self.CONNECTED_PEERS:
-            self._peer_socks = PeerSockets(self._sock, self._loop, self._from_peer, grow_buffers)
-            self._peer_socks.sync(self._routes.peers)
+        self._peer_socks = PeerSockets(
+            self._sock, self._loop, self._from_peer, self._prepare_peer_socket
+        )
+        self._peer_socks.sync(self._routes.peers)
 
     def stop(self) -> None:
         """Stop forwarding; packets wait in the kernel queues (or are dropped there)."""
@@ -263,6 +262,10 @@ class DataPath:
         reply = icmp_net_unreachable(pkt, self._icmp_source)
         if reply is not None:
             self._write_tun(reply)
+
+    def _prepare_peer_socket(self, sock: socket.socket) -> None:
+        """Set up a peer's socket as the main one (before it is bound)."""
+        grow_buffers(sock)
 
     def _from_udp(self) -> None:
         """Datagrams on the main socket: from lease holders only, unless ``accept_unknown``."""
