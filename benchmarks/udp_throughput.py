@@ -1,7 +1,8 @@
 """TCP throughput through the udp backend, next to kernel VXLAN and the bare underlay.
 
-Two hosts in network namespaces on one bridge (``tests/support/netns.Topology``); iperf3
-runs between them over four paths, in this order, on the same topology:
+Two hosts in network namespaces on one bridge (``tests/support/netns.Topology``, whose
+bridge runs no iptables hooks, as a switch); iperf3 runs between them over four paths,
+in this order, on the same topology, with the system's default congestion control:
 
 * ``underlay``: host to host over ``eth0``;
 * ``vxlan``: a kernel VXLAN device set up by hand (VNI 1, port 8472, no learning, static

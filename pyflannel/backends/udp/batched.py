@@ -8,8 +8,10 @@ offload, and the socket with ``UDP_SEGMENT`` and ``UDP_GRO``:
 * TUN → UDP: one read returns a whole TCP super-packet (up to 64 KiB), which is cut into
   MSS-sized segments with valid checksums (:func:`.offload.segment_tcp4`) and leaves in
   one ``UDP_SEGMENT`` send: the kernel turns it into one datagram per segment, exactly
-  flanneld's wire format. Other packets for the same peer and of equal size are gathered
-  in place and leave together the same way.
+  flanneld's wire format. Up to :data:`SLOTS` super-packets of one stream that come in
+  a row are read before they are cut, all at once (:func:`.vector.segment_group`).
+  Other packets for the same peer and of equal size are gathered in place and leave
+  together the same way.
 * UDP → TUN: one ``UDP_GRO`` receive returns many datagrams from one sender; the head of
   every run of one TCP flow is checked like on the plain path, the run is merged back
   into one super-packet (:func:`.vector.run_lengths`, :mod:`.rxmerge`), together with
@@ -292,13 +294,17 @@ class BatchedPath(DataPath):
         return True
 
     def _prepare_peer_socket(self, sock: socket.socket) -> None:
+        """As the main socket: large buffers, and ``UDP_GRO``."""
         super()._prepare_peer_socket(sock)
         enable_socket_offloads(sock)
 
     def _from_udp(self) -> None:
+        """GRO receives on the main socket: from lease holders only, unless
+        ``accept_unknown``."""
         self._receive(self._sock, not self._accept_unknown)
 
     def _from_peer(self, sock: socket.socket) -> None:
+        """GRO receives on a peer's connected socket: the kernel matched their source."""
         self._receive(sock, False)
 
     def _receive(self, sock: socket.socket, check_source: bool) -> None:

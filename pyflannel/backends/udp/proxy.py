@@ -202,7 +202,7 @@ class DataPath:
     def _from_tun(self) -> None:
         """Forward what the TUN holds: one flat loop, the per-packet work inlined.
 
-        This and :meth:`_from_udp` run once per packet at line rate, so they avoid
+        This and :meth:`_drain` run once per packet at line rate, so they avoid
         calls and attribute lookups per packet; counters are added up per wake-up.
         """
         readinto, buffer, view = self._tun_file.readinto, self._out, memoryview(self._out)
