@@ -80,3 +80,14 @@ async def test_a_peer_socket_that_cannot_bind_leaves_the_peer_on_the_main_socket
     socks.sync([PEER])
     assert socks.get(PEER) is None
     socks.close()
+
+
+async def test_only_the_first_peers_get_a_socket(main: socket.socket) -> None:
+    socks = PeerSockets(main, asyncio.get_running_loop(), lambda sock: None, lambda sock: None, 1)
+    try:
+        socks.sync([STRANGER, PEER])
+        assert socks.get(PEER) is not None and socks.get(STRANGER) is None
+        socks.sync([STRANGER])  # a place is free again
+        assert socks.get(PEER) is None and socks.get(STRANGER) is not None
+    finally:
+        socks.close()

@@ -10,7 +10,8 @@ is known to hold a lease.
 Every peer socket shares the main socket's address and port through ``SO_REUSEPORT``,
 which only sockets of the same user may join: the wire is unchanged, and a datagram
 from any other address still reaches the main socket (and its checks). A peer socket
-that cannot be opened leaves that peer on the main socket.
+that cannot be opened, or beyond the first :data:`MOST` peers, leaves that peer on the
+main socket: a large cluster should not take a file descriptor per host.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable
 logger = logging.getLogger(__name__)
 
 Reader = Callable[[socket.socket], None]
+MOST = 256  # peers with a socket of their own
 
 
 class PeerSockets:
@@ -34,12 +36,14 @@ class PeerSockets:
         loop: asyncio.AbstractEventLoop,
         reader: Reader,
         prepare: Callable[[socket.socket], None],
+        most: int = MOST,
     ) -> None:
         self._local: tuple[str, int] = main.getsockname()
         self._loop = loop
         self._reader = reader
         self._prepare = prepare  # buffer sizes and the like, as for the main socket
         self._sockets: dict[str, socket.socket] = {}
+        self._most = most
         try:
             main.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self._usable = True
@@ -57,6 +61,8 @@ class PeerSockets:
         for peer in [peer for peer in self._sockets if peer not in wanted]:
             self._drop(peer)
         for peer in sorted(wanted - self._sockets.keys()):
+            if len(self._sockets) >= self._most:
+                break
             sock = self._open(peer)
             if sock is not None:
                 self._sockets[peer] = sock
@@ -68,7 +74,11 @@ class PeerSockets:
             self._drop(peer)
 
     def _open(self, peer: str) -> socket.socket | None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as exc:  # out of file descriptors, say
+            logger.info("udp data path: no socket of its own for peer %s (%s)", peer, exc)
+            return None
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
