@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -123,10 +124,15 @@ def hold_gro(name: str, nanoseconds: int) -> bool:
     merges. With a flush timeout it keeps what it merged across writes until a segment
     with PSH, a full 64 KiB, or the timeout: the TCP receiver then takes (and ACKs) a
     few large packets instead of many small ones. Only TCP is held; a lone segment
-    waits at most the timeout. False when sysfs does not show the device.
+    waits at most the timeout. False when sysfs does not show the device (sysfs mounted
+    for another network namespace may show another device of that name: the index tells).
     """
+    device = f"/sys/class/net/{name}"
     try:
-        with open(f"/sys/class/net/{name}/gro_flush_timeout", "w") as knob:
+        with open(f"{device}/ifindex") as index:
+            if int(index.read()) != socket.if_nametoindex(name):
+                raise OSError(f"{device} is another namespace's device")
+        with open(f"{device}/gro_flush_timeout", "w") as knob:
             knob.write(str(nanoseconds))
     except OSError as exc:
         logger.info("TUN %s: GRO flush timeout not set (%s); packets are not merged", name, exc)
