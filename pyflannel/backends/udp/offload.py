@@ -25,7 +25,6 @@ buffer they are given.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import struct
 from collections.abc import Sequence
@@ -200,14 +199,9 @@ def _template(packet: Packet, ihl: int) -> tuple[bytearray, int, int]:
     """
     thl = (packet[ihl + 12] >> 4) << 2
     header = bytearray(packet[: ihl + thl])
-    for begin, end in (
-        (2, 6),
-        (10, 12),
-        (ihl + 4, ihl + 8),
-        (ihl + 13, ihl + 14),
-        (ihl + 16, ihl + 18),
-    ):
-        header[begin:end] = bytes(end - begin)
+    header[2:6] = header[ihl + 4 : ihl + 8] = b"\0\0\0\0"  # length, ID; sequence number
+    header[10:12] = header[ihl + 16 : ihl + 18] = b"\0\0"  # both checksums
+    header[ihl + 13] = 0  # flags
     ip_base = int.from_bytes(header[:ihl], "big") % 0xFFFF
     tcp_base = int.from_bytes(header[ihl:], "big") + pseudo_header_sum(packet, TCP_PROTO, thl)
     return header, ip_base, tcp_base % 0xFFFF
@@ -342,5 +336,6 @@ def merge_headers(first: memoryview, total: int, last_flags: int, mss: int) -> b
 @functools.lru_cache(maxsize=64)
 def _tcp4_gso_header(hdr_len: int, mss: int) -> bytes:
     """The packed virtio-net header of a TCP/IPv4 super-packet (one stream repeats it)."""
-    header = VnetHeader(F_NEEDS_CSUM, GSO_TCPV4, hdr_len, mss, 20, TCP_CSUM_OFFSET)
-    return VNET_HDR.pack(*dataclasses.astuple(header))
+    packed = bytearray(VNET_HDR_LEN)
+    VnetHeader(F_NEEDS_CSUM, GSO_TCPV4, hdr_len, mss, 20, TCP_CSUM_OFFSET).pack_into(packed)
+    return bytes(packed)

@@ -25,12 +25,12 @@ from pyflannel.backends.udp.offload import (
     TCP_PSH,
     Segment,
     _flag_sequence,
+    _template,
     flow_key,
     segment_tcp4,
     segmented_size,
     write_segment,
 )
-from pyflannel.backends.udp.packet import TCP_PROTO
 
 if TYPE_CHECKING:
     from pyflannel.backends.udp.packet import Packet
@@ -200,18 +200,14 @@ def _shared(
 ) -> tuple[bytearray, int, int]:
     """The headers every full segment starts from, and their sums (modulo 0xFFFF).
 
-    Total length and flags are those of a full middle segment; ID, checksums and the
-    sequence number are zero. The TCP sum includes the pseudo-header, with the length
-    of a full segment.
+    :func:`.offload._template`'s, with the total length and flags of a full middle
+    segment filled in (ID, checksums and the sequence number stay zero); the TCP sum's
+    pseudo-header counts the length of a full segment.
     """
-    header = bytearray(packet[:hlen])
-    header[2:6] = size.to_bytes(2, "big") + b"\0\0"
-    header[10:12] = header[ihl + 16 : ihl + 18] = b"\0\0"
-    header[ihl + 4 : ihl + 8] = b"\0\0\0\0"
+    header, ip_base, tcp_base = _template(packet, ihl)
+    header[2:4] = size.to_bytes(2, "big")
     header[ihl + 13] = middle
-    ip_sum = int.from_bytes(header[:ihl], "big") % 0xFFFF
-    tcp_sum = int.from_bytes(header[ihl:], "big") + int.from_bytes(header[12:20], "big")
-    return header, ip_sum, (tcp_sum + TCP_PROTO + size - ihl) % 0xFFFF
+    return header, (ip_base + size) % 0xFFFF, (tcp_base + middle + size - hlen) % 0xFFFF
 
 
 def _negated(full: int, mss: int, flags: tuple[int, int, int], exact: bool) -> Array:
