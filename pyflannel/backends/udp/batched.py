@@ -123,8 +123,7 @@ class BatchedPath(DataPath):
         self._slots = memoryview(bytearray(SLOTS * BUFFER_SIZE))
         self._streaming = False  # the last frame was a super-packet: read the next to a slot
         self._group: list[tuple[str, int]] = []  # the hops of the super-packets in slots
-        self._group_key: tuple[int, int, int, int] | None = None
-        self._group_mss = 0
+        self._group_key: tuple[int, int, int, int] | None = None  # length, mss, ...
         self._fill = 0  # bytes gathered in _batch, all for _hop
         self._count = 0
         self._size = 0  # the segment size of the gathered packets
@@ -193,7 +192,7 @@ class BatchedPath(DataPath):
             self._streaming = True
             return
         self._group.append(hop)
-        self._group_key, self._group_mss = key, mss
+        self._group_key = key
         if len(self._group) == SLOTS:
             self._cut_group()
 
@@ -202,7 +201,7 @@ class BatchedPath(DataPath):
         group, key = self._group, self._group_key
         if not group or key is None:
             return
-        length, mss = key[0], self._group_mss
+        length, mss = key[0], key[1]
         if len(group) == 1:
             self._segment(self._slots[:length], mss, group[0])
         else:
