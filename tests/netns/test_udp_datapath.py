@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -338,8 +339,12 @@ def test_a_tcp_stream_is_written_to_the_tun_in_few_writes(cluster: Cluster) -> N
     )  # fmt: skip
     first.ns.run(PYTHON, "-c", TCP_SOURCE, second.ip, str(STREAM), timeout=30)
     assert finish(sink).strip() == received(STREAM)
-    assert " 0% packet loss" in finish(pings), "pings lost beside the stream"
     got = delta(cluster.nodes[1], before)
+    # A stream that fills a queue on the way may cost a ping, as on any network (once in some
+    # 200 runs here); a path that lost packets when it switches between grouped
+    # super-packets and single packets would lose a ping at nearly every switch.
+    replies = ping_replies(finish(pings))
+    assert replies >= 38, (replies, got, cluster.nodes[0].stats())
     assert got["rx_packets"] >= STREAM // (OVERLAY_MTU - 52)
     if cluster.offload:
         assert got["rx_packets"] > 4 * got["rx_writes"], got
@@ -368,6 +373,13 @@ def test_a_path_mtu_below_the_segment_size_still_carries_traffic(cluster: Cluste
     sent = delta(cluster.nodes[0], before)
     assert sent["send_failed"] == 0, sent
     assert sent["tx_packets"] == sent["tx_sends"], sent  # one by one, as it had to be
+
+
+def ping_replies(summary: str) -> int:
+    """The replies counted in ping's summary line ("40 packets transmitted, 39 received")."""
+    match = re.search(r"(\d+) received", summary)
+    assert match is not None, summary
+    return int(match.group(1))
 
 
 def delta(node: Node, before: dict[str, int]) -> dict[str, int]:
