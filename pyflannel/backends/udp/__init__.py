@@ -69,22 +69,17 @@ GRO_HOLD_US = 1000  # plain path: how long GRO may hold a TCP segment written to
 GRO_HOLD_MAX_US = 10_000
 
 
-def _int_option(config: NetworkConfig, name: str, default: int) -> int:
+def _int_option(
+    config: NetworkConfig, name: str, default: int, span: tuple[int, int], meaning: str
+) -> int:
+    """An integer option within ``span`` (both ends included); ``meaning`` names its unit
+    in the error."""
     value: Any = config.backend_option(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+    low, high = span
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(
             f"network config: Backend.{name} {value!r} is invalid: "
-            "it must be an integer port number from 1 to 65535"
-        )
-    return value
-
-
-def _hold_option(config: NetworkConfig) -> int:
-    value: Any = config.backend_option("GROHold", GRO_HOLD_US)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= GRO_HOLD_MAX_US:
-        raise ConfigError(
-            f"network config: Backend.GROHold {value!r} is invalid: it must be a whole "
-            f"number of microseconds from 0 (off) to {GRO_HOLD_MAX_US}"
+            f"it must be {meaning} from {low} to {high}"
         )
     return value
 
@@ -103,10 +98,16 @@ class UdpBackend:
 
     def __init__(self, ctx: BackendContext) -> None:
         self._ctx = ctx
-        self._port = _int_option(ctx.config, "Port", DEFAULT_PORT)
+        self._port = _int_option(ctx.config, "Port", DEFAULT_PORT, (1, 65535), "a port number")
         self._accept_unknown = _bool_option(ctx.config, "AcceptUnknownPeers", False)
         self._offload = _bool_option(ctx.config, "Offload", True)
-        self._gro_hold = _hold_option(ctx.config)
+        self._gro_hold = _int_option(
+            ctx.config,
+            "GROHold",
+            GRO_HOLD_US,
+            (0, GRO_HOLD_MAX_US),
+            "a whole number of microseconds (0: off)",
+        )
         self._mtu = ctx.iface.mtu - ENCAP_OVERHEAD
         self._tun: tundev.Tun | None = None
         self._sock: socket.socket | None = None
