@@ -74,19 +74,17 @@ class PeerSockets:
             self._drop(peer)
 
     def _open(self, peer: str) -> socket.socket | None:
+        sock: socket.socket | None = None
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        except OSError as exc:  # out of file descriptors, say
-            logger.info("udp data path: no socket of its own for peer %s (%s)", peer, exc)
-            return None
-        try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self._prepare(sock)
             sock.bind(self._local)
             sock.connect((peer, self._local[1]))
-        except OSError as exc:
-            sock.close()
+        except OSError as exc:  # out of file descriptors, say, or the address is gone
+            if sock is not None:
+                sock.close()
             logger.info("udp data path: no socket of its own for peer %s (%s)", peer, exc)
             return None
         return sock
