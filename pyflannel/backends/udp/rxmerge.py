@@ -37,9 +37,13 @@ class _Run:
     segment: int  # bytes per segment, headers included
     hlen: int
     count: int
-    total: int  # bytes once merged
     next_seq: int
     last_flags: int
+
+    @property
+    def total(self) -> int:
+        """Bytes once merged: the head and the payloads after it."""
+        return len(self.head) + self.filled
 
 
 class RunMerger:
@@ -66,7 +70,6 @@ class RunMerger:
                 run[: count * segment], segment, pending.hlen, pending.block[pending.filled :]
             )
             pending.count += count
-            pending.total += count * payload
             pending.next_seq = (pending.next_seq + count * payload) & 0xFFFFFFFF
             pending.last_flags = run[(count - 1) * segment + 33]
             return None
@@ -109,7 +112,7 @@ def _start(run: memoryview, segment: int, count: int, block: memoryview) -> _Run
     filled = _copy_payloads(run[segment : count * segment], segment, hlen, block)
     seq = (int.from_bytes(head[24:28], "big") + count * payload) & 0xFFFFFFFF
     last_flags = run[(count - 1) * segment + 33]
-    return _Run(head, block, filled, segment, hlen, count, segment + filled, seq, last_flags)
+    return _Run(head, block, filled, segment, hlen, count, seq, last_flags)
 
 
 def _copy_payloads(source: memoryview, segment: int, hlen: int, block: memoryview) -> int:
