@@ -17,6 +17,7 @@ no I/O; functions write into the buffer they are given.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,17 +39,12 @@ if TYPE_CHECKING:
 Array = Any  # numpy arrays; NumPy's own annotations add nothing these few lines need
 _BE16 = np.dtype(">u2")
 _BE32 = np.dtype(">u4")
-_INDEXES: dict[int, Array] = {}
-_NEGATED: dict[tuple[int, int, tuple[int, int, int], bool], Array] = {}
-_STEPS32: dict[tuple[int, int], Array] = {}
 _ALL_IDS = np.arange(0x10000 + 0x10000, dtype=np.uint64) & 0xFFFF  # any ID, then 64 Ki more
 _IDS = _ALL_IDS.astype(_BE16)  # as written
 _IDS_SHIFTED = _ALL_IDS << 8  # as summed (see _negated)
 _U32 = 0xFFFFFFFF
 Layout = tuple[int, int, int]  # packets, bytes from one to the next, bytes each
-_CACHED = 256  # entries per cache of shapes; cleared when full
-_COMPARED: dict[int, Array] = {}
-_STEPS: dict[tuple[int, int, int], Array] = {}
+_CACHED = 256  # entries per cache of shapes (the few a stream uses come back all the time)
 _SEQ_WORD = 6  # bytes 24-27 of the headers: the TCP sequence number
 _FLAGS_WORD = 8  # bytes 32-35: data offset, flags, window
 _PSH_BIT = TCP_PSH << 16  # in the flags word, read big-endian
@@ -210,6 +206,7 @@ def _shared(
     return header, (ip_base + size) % 0xFFFF, (tcp_base + middle + size - hlen) % 0xFFFF
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def _negated(full: int, mss: int, flags: tuple[int, int, int], exact: bool) -> Array:
     """What the per-packet sums are subtracted from, per segment (cached per shape).
 
@@ -219,31 +216,20 @@ def _negated(full: int, mss: int, flags: tuple[int, int, int], exact: bool) -> A
     computed so, written as a native (little-endian) 16-bit word, is the big-endian
     checksum, as 256 * 256 is 1 modulo 0xFFFF.
     """
-    key = (full, mss, flags, exact)
-    found = _NEGATED.get(key)
-    if found is None:
-        if len(_NEGATED) >= _CACHED:
-            _NEGATED.clear()
-        extra = np.arange(full, dtype=np.uint64) * mss
-        extra[0] += flags[0] - flags[1]
-        if exact:
-            extra[-1] += flags[2] - flags[1]
-        found = np.full((full, 2), _BIG, dtype=np.uint64)
-        found[:, 1] -= (extra % 0xFFFF) << 8
-        _NEGATED[key] = found
-    return found
+    extra = np.arange(full, dtype=np.uint64) * mss
+    extra[0] += flags[0] - flags[1]
+    if exact:
+        extra[-1] += flags[2] - flags[1]
+    found = np.full((full, 2), _BIG, dtype=np.uint64)
+    found[:, 1] -= (extra % 0xFFFF) << 8
+    return _frozen(found)
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def _steps32(full: int, mss: int) -> Array:
     """``row * mss`` modulo 2**32 as uint32 (cached): add the first sequence number and
     uint32 arithmetic wraps as TCP's does."""
-    key = (full, mss)
-    found = _STEPS32.get(key)
-    if found is None:
-        if len(_STEPS32) >= _CACHED:
-            _STEPS32.clear()
-        found = _STEPS32[key] = (_index(full) * mss & _U32).astype(np.uint32)
-    return found
+    return _frozen((_index(full) * mss & _U32).astype(np.uint32))
 
 
 def run_lengths(data: memoryview, segment: int) -> int:
@@ -287,37 +273,34 @@ def run_lengths(data: memoryview, segment: int) -> int:
     return run
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def _compared_bits(words: int) -> Array:
     """Per 32-bit header word, the bits a follower must share with the head of its run:
     all but the IP ID and checksum and the TCP checksum (the sequence number is compared
     after its step is taken off; PSH is told apart by :func:`run_lengths`)."""
-    found = _COMPARED.get(words)
-    if found is None:
-        found = np.full(words, 0xFFFFFFFF, dtype=np.uint32)
-        found[1] = 0x0000FFFF  # bytes 4-5: IP ID
-        found[2] = 0xFFFF0000  # bytes 10-11: IP header checksum
-        found[9] = 0x0000FFFF  # bytes 36-37: TCP checksum
-        _COMPARED[words] = found
-    return found
+    found = np.full(words, 0xFFFFFFFF, dtype=np.uint32)
+    found[1] = 0x0000FFFF  # bytes 4-5: IP ID
+    found[2] = 0xFFFF0000  # bytes 10-11: IP header checksum
+    found[9] = 0x0000FFFF  # bytes 36-37: TCP checksum
+    return _frozen(found)
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def _steps(count: int, words: int, payload: int) -> Array:
     """Rows of zeros but for the sequence word: ``row * payload`` (mod 2**32), cached;
     the same few shapes come back all the time."""
-    key = (count, words, payload)
-    found = _STEPS.get(key)
-    if found is None:
-        if len(_STEPS) >= _CACHED:
-            _STEPS.clear()
-        found = np.zeros((count, words), dtype=np.uint32)
-        found[:, _SEQ_WORD] = (_index(count) * payload).astype(np.uint32)
-        _STEPS[key] = found
-    return found
+    found = np.zeros((count, words), dtype=np.uint32)
+    found[:, _SEQ_WORD] = (_index(count) * payload).astype(np.uint32)
+    return _frozen(found)
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def _index(count: int) -> Array:
     """``arange(count)`` as uint64, cached: the same few counts come back all the time."""
-    found = _INDEXES.get(count)
-    if found is None:
-        found = _INDEXES[count] = np.arange(count, dtype=np.uint64)
-    return found
+    return _frozen(np.arange(count, dtype=np.uint64))
+
+
+def _frozen(array: Array) -> Array:
+    """``array``, read-only: a cached array is shared by every later call."""
+    array.flags.writeable = False
+    return array
