@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import struct
+from ipaddress import IPv4Address
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.packets import tcp_packet
+from support.packets import SRC, tcp_packet
 
 from pyflannel.backends.udp.offload import (
     TCP_ACK,
@@ -70,6 +71,7 @@ def test_no_room_is_refused_like_the_scalar_path() -> None:
     seq=st.integers(0, 0xFFFFFFFF),
     ident=st.integers(0, 0xFFFF),
     running=st.booleans(),
+    two_flows=st.booleans(),
     flags=FLAGS,
     seed=st.integers(0, 255),
 )
@@ -81,11 +83,13 @@ def test_a_group_is_cut_as_each_of_its_packets_alone(
     seq: int,
     ident: int,
     running: bool,
+    two_flows: bool,
     flags: int,
     seed: int,
 ) -> None:
     """IDs and sequence numbers that run on from packet to packet (as Linux sends them),
-    or that do not; wrapping or not; one stride apart in a buffer of slots."""
+    or that do not; wrapping or not; one stride apart in a buffer of slots; one flow, or
+    two whose IP headers differ (a group is of one size and peer, not of one flow)."""
     stride, payload = 70000, mss * segments
     slots, packets = bytearray(stride * count), list[bytes]()
     for index in range(count):
@@ -96,6 +100,7 @@ def test_a_group_is_cut_as_each_of_its_packets_alone(
             ident=(ident + index * step) & 0xFFFF,
             flags=flags,
             partial=True,
+            src=IPv4Address("10.4.1.9") if two_flows and index % 2 else SRC,
         )
         assert group_key(packet, mss) == group_key(packets[0] if packets else packet, mss)
         slots[index * stride : index * stride + len(packet)] = packet
